@@ -1,0 +1,254 @@
+"""Deep linear networks x ↦ pᵀ W_L ⋯ W_1 x as Equinox modules (theory.md §1).
+
+Layers of equal shape that follow each other are stored stacked in one array (a
+"block"), so that products over depth run as a `lax.scan` and compile time does not grow
+with L. A network is a tuple of blocks plus the fixed output vector `p`; `p` (and the
+identity of a residual layer) is not a trainable leaf: see [`trainable`][].
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+class DeepLinear(eqx.Module):
+    """A deep linear network x ↦ pᵀ W_L ⋯ W_1 x.
+
+    Subclasses say how the stacked weights are stored (`weight_blocks`); everything
+    else (end-to-end regressor, per-layer observables) is written once against that.
+    """
+
+    p: eqx.AbstractVar[Float[Array, " out"]]
+
+    def weight_blocks(self) -> tuple[Float[Array, "m out in"], ...]:
+        """W_1, …, W_L grouped into stacks of equal-shaped consecutive layers."""
+        raise NotImplementedError
+
+    @property
+    def depth(self) -> int:
+        return sum(b.shape[0] for b in self.weight_blocks())
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(d_0, d_1, …, d_L)."""
+        blocks = self.weight_blocks()
+        out = [blocks[0].shape[2]]
+        for b in blocks:
+            out += [b.shape[1]] * b.shape[0]
+        return tuple(out)
+
+    def layers(self) -> list[Float[Array, "out in"]]:
+        """W_1, …, W_L as a list (unrolled; for checks and small models)."""
+        return [w for b in self.weight_blocks() for w in b]
+
+
+class MLP(DeepLinear):
+    """Deep linear MLP with output width 1 and p = 1 (the small-scale setting).
+
+    `blocks` holds the trainable weights W_1..W_L; build it with [`mlp`][].
+    """
+
+    blocks: tuple[Float[Array, "m out in"], ...]
+    p: Float[Array, " out"]
+
+    def weight_blocks(self):
+        return self.blocks
+
+
+class Residual(DeepLinear):
+    """Residual linear network W_k = I + V_k (all d × d) with a fixed output vector p.
+
+    Only `V` is trained; gradient flow on V is gradient flow on W from I + V(0).
+    """
+
+    V: Float[Array, "L d d"]
+    p: Float[Array, " d"]
+
+    def weight_blocks(self):
+        return (self.V + jnp.eye(self.V.shape[-1]),)
+
+
+def trainable(model: DeepLinear):
+    """Filter spec of the trainable leaves: every array except `p`."""
+    spec = jax.tree.map(eqx.is_inexact_array, model)
+    return eqx.tree_at(lambda m: m.p, spec, replace=False)
+
+
+def end_to_end(model: DeepLinear) -> Float[Array, " d"]:
+    """The regressor w = W_1ᵀ ⋯ W_Lᵀ p, by a chain of vector–matrix products."""
+    return row_product(model, skip=0)
+
+
+def row_product(model: DeepLinear, skip: int = 0) -> Float[Array, " width"]:
+    """The row vector pᵀ W_L ⋯ W_{skip+1} (skip = 0: the regressor; 1: pᵀ W_L ⋯ W_2)."""
+    r = model.p
+    blocks = model.weight_blocks()
+    first = np.cumsum([0] + [b.shape[0] for b in blocks])[:-1]  # index of each block's W
+    for b, k0 in zip(reversed(blocks), reversed(first)):
+        part = b[max(0, skip - k0) :]
+        if part.shape[0] == 1:  # the only case where a layer may be non-square
+            r = part[0].T @ r
+        elif part.shape[0] > 1:
+            r, _ = jax.lax.scan(lambda r, w: (w.T @ r, None), r, part, reverse=True)
+    return r
+
+
+def _group(shapes: Sequence[tuple[int, int]]) -> list[int]:
+    """Lengths of runs of equal consecutive shapes."""
+    runs = []
+    for i, s in enumerate(shapes):
+        if i > 0 and s == shapes[i - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def stack_layers(layers: Sequence[Array]) -> tuple[Array, ...]:
+    """Stack consecutive equal-shaped layers into blocks."""
+    blocks, i = [], 0
+    for m in _group([tuple(w.shape) for w in layers]):
+        blocks.append(jnp.stack([jnp.asarray(w, jnp.float64) for w in layers[i : i + m]]))
+        i += m
+    return tuple(blocks)
+
+
+class ShapeError(ValueError):
+    """Layer widths or weights that do not make a network."""
+
+
+def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise ShapeError(
+            f"widths (d_0, …, d_L) need at least two entries, all ≥ 1; got {widths}."
+        )
+    return widths
+
+
+def mlp_widths(d: int, depth: int, width: int | Sequence[int]) -> tuple[int, ...]:
+    """(d, d_1, …, d_{L−1}, 1) from an input size, a depth and a hidden width or list."""
+    if int(depth) < 1:
+        raise ShapeError(f"depth must be ≥ 1; got {depth}.")
+    if isinstance(width, int | np.integer):
+        hidden = [int(width)] * (int(depth) - 1)
+    else:
+        hidden = [int(w) for w in width]
+        if len(hidden) != depth - 1:
+            raise ShapeError(
+                f"a depth-{depth} MLP needs {depth - 1} hidden widths; got {len(hidden)}."
+            )
+    return _check_widths([d, *hidden, 1])
+
+
+def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float) -> MLP:
+    """Small-scale initialization: W_k(0) has i.i.d. N(0, scale²) entries.
+
+    **Arguments:**
+
+    - `key`: a JAX PRNG key.
+    - `widths`: (d_0, d_1, …, d_L) with d_L = 1.
+    - `scale`: standard deviation of each entry (the paper's "scale").
+    """
+    widths = _check_widths(widths)
+    if widths[-1] != 1:
+        raise ShapeError(f"an MLP ends in width 1 (p = 1); got d_L = {widths[-1]}.")
+    keys = jax.random.split(key, len(widths) - 1)
+    layers = [
+        scale * jax.random.normal(k, (dout, din), jnp.float64)
+        for k, din, dout in zip(keys, widths[:-1], widths[1:])
+    ]
+    return MLP(blocks=stack_layers(layers), p=jnp.ones(1))
+
+
+def residual(key: PRNGKeyArray, d: int, depth: int, s: float, p: Array | None = None) -> Residual:
+    """Residual initialization W_k(0) = I + (s/√(L d)) N_k (theory.md §5).
+
+    `p` defaults to a random unit vector drawn from `key`, as in the paper's code.
+    """
+    if int(d) < 1 or int(depth) < 1:
+        raise ShapeError(f"a residual network needs d ≥ 1 and depth ≥ 1; got d={d}, depth={depth}.")
+    kp, kv = jax.random.split(key)
+    if p is None:
+        p = jax.random.normal(kp, (d,), jnp.float64)
+        p = p / jnp.linalg.norm(p)
+    p = jnp.asarray(p, jnp.float64)
+    if p.shape != (d,):
+        raise ShapeError(f"p must have shape ({d},); got {p.shape}.")
+    V = s / np.sqrt(depth * d) * jax.random.normal(kv, (depth, d, d), jnp.float64)
+    return Residual(V=V, p=p)
+
+
+def from_layers(layers: Sequence[Array], p: Array | None = None, kind: str = "mlp") -> DeepLinear:
+    """A network with explicit weights W_1..W_L (and p for a residual network).
+
+    For `kind="residual"` the given W_k are the full weights; V_k = W_k − I is stored.
+    """
+    layers = [np.asarray(w, np.float64) for w in layers]
+    if not layers or any(w.ndim != 2 for w in layers):
+        raise ShapeError("layers must be a non-empty list of 2-D arrays.")
+    for k in range(1, len(layers)):
+        if layers[k].shape[1] != layers[k - 1].shape[0]:
+            raise ShapeError(
+                f"W_{k + 1} has {layers[k].shape[1]} columns but W_{k} has "
+                f"{layers[k - 1].shape[0]} rows; consecutive layers must chain."
+            )
+    for k, w in enumerate(layers):
+        if not np.all(np.isfinite(w)):
+            raise ShapeError(f"W_{k + 1} has NaN or infinite entries.")
+    if kind == "mlp":
+        if layers[-1].shape[0] != 1:
+            raise ShapeError(f"an MLP's last layer has one row; W_L has shape {layers[-1].shape}.")
+        return MLP(blocks=stack_layers(layers), p=jnp.ones(1))
+    if kind == "residual":
+        d = layers[0].shape[1]
+        if any(w.shape != (d, d) for w in layers):
+            raise ShapeError(f"a residual network's layers are all {d} × {d}.")
+        if p is None:
+            raise ShapeError("a residual network from explicit weights needs p.")
+        p = np.asarray(p, np.float64).reshape(-1)
+        if p.shape != (d,) or not np.all(np.isfinite(p)):
+            raise ShapeError(f"p must be a finite vector of shape ({d},); got {p.shape}.")
+        V = jnp.stack([jnp.asarray(w - np.eye(d)) for w in layers])
+        return Residual(V=V, p=jnp.asarray(p))
+    raise ShapeError(f"unknown network kind {kind!r} (use 'mlp' or 'residual').")
+
+
+def load_layers(path: str | os.PathLike, kind: str = "mlp") -> DeepLinear:
+    """Load explicit weights from an .npz holding `W1`, `W2`, …, `WL` (and `p`).
+
+    Never unpickles.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ShapeError(f"weights file {path!r} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # noqa: BLE001
+        raise ShapeError(f"cannot read {path!r} as .npz: {e}") from None
+    names = sorted((k for k in arrays if k[:1] == "W" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    if [int(k[1:]) for k in names] != list(range(1, len(names) + 1)):
+        raise ShapeError(f"{path!r} must hold W1, W2, …, WL with no gaps; found {sorted(arrays)}.")
+    try:
+        return from_layers([arrays[k] for k in names], arrays.get("p"), kind)
+    except ShapeError as e:
+        raise ShapeError(f"{path!r}: {e}") from None
+
+
+def save_layers(model: DeepLinear, path: str | os.PathLike) -> None:
+    """Write W1..WL and p to an .npz that [`load_layers`][] reads back (atomic)."""
+    from .trajectory import atomic_path
+
+    arrays = {f"W{k + 1}": np.asarray(w) for k, w in enumerate(model.layers())}
+    arrays["p"] = np.asarray(model.p)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)

@@ -1,0 +1,135 @@
+"""A trajectory as an `xarray.Dataset`, and its netCDF files (written atomically).
+
+Layout:
+- coordinates `time` (GF time; GD step k sits at t = kη), `layer` (1..L), `interface`
+  (k for the pair (W_k, W_{k+1})), `feature` (1..d);
+- one variable per observable, on `time` and the observable's own dims;
+- `weights_initial` and `weights_final` on (`layer`, `row`, `col`), each layer padded with
+  NaN to the largest shape, and `p` on `output`;
+- `attrs`: the problem's constants (lam, Lam, a, pi_star_norm, R_min, n, d), the network
+  (kind, depth, widths), solver settings, status, step counts and provenance. Attribute
+  values are numbers or strings only (netCDF's rule); lists are stored as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+
+import numpy as np
+import xarray as xr
+
+from .models import DeepLinear, MLP, Residual, from_layers
+
+ENGINE = "h5netcdf"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only on success."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def weights_array(model: DeepLinear) -> np.ndarray:
+    """W_1..W_L as one (layer, row, col) array, padded with NaN."""
+    layers = [np.asarray(w) for w in model.layers()]
+    rows = max(w.shape[0] for w in layers)
+    cols = max(w.shape[1] for w in layers)
+    out = np.full((len(layers), rows, cols), np.nan)
+    for k, w in enumerate(layers):
+        out[k, : w.shape[0], : w.shape[1]] = w
+    return out
+
+
+def model_kind(model: DeepLinear) -> str:
+    return "residual" if isinstance(model, Residual) else "mlp" if isinstance(model, MLP) else type(model).__name__
+
+
+def model_from(ds: xr.Dataset, which: str = "final") -> DeepLinear:
+    """Rebuild the network stored in `ds` (`which` is "initial" or "final")."""
+    widths = json.loads(ds.attrs["widths"])
+    W = ds[f"weights_{which}"].values
+    layers = [W[k, : widths[k + 1], : widths[k]] for k in range(len(widths) - 1)]
+    return from_layers(layers, ds["p"].values, ds.attrs["kind"])
+
+
+def _attr(value):
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    if value is None:
+        return "none"
+    return value
+
+
+def build(times, values, observables, initial, final, problem, *, options=None, info=None) -> xr.Dataset:
+    """Assemble the Dataset from save times, observable values and the end points."""
+    L = initial.depth
+    coords = dict(
+        time=("time", np.asarray(times, np.float64)),
+        layer=("layer", np.arange(1, L + 1)),
+        interface=("interface", np.arange(1, L)),
+        feature=("feature", np.arange(1, problem.d + 1)),
+    )
+    data = {}
+    for o in observables:
+        v = np.asarray(values[o.name], np.float64)
+        data[o.name] = (("time", *o.dims), v, {"description": o.description})
+    data["weights_initial"] = (("layer", "row", "col"), weights_array(initial))
+    data["weights_final"] = (("layer", "row", "col"), weights_array(final))
+    data["p"] = (("output",), np.asarray(initial.p, np.float64))
+    data["pi_star"] = (("feature",), np.asarray(problem.pi_star))
+    attrs = dict(problem.constants())
+    attrs.update(kind=model_kind(initial), depth=L, widths=list(initial.widths))
+    if options is not None:
+        attrs.update({f"flow_{k}": getattr(options, k) for k in options.__dataclass_fields__})
+    attrs.update(info or {})
+    attrs.update(provenance())
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs = {k: _attr(v) for k, v in attrs.items()}
+    return ds
+
+
+def provenance() -> dict:
+    """Versions and creation time, so a file says how it was made."""
+    import diffrax
+    import equinox
+    import jax
+
+    from . import __version__
+
+    return dict(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        gflow_version=__version__,
+        jax_version=jax.__version__,
+        diffrax_version=diffrax.__version__,
+        equinox_version=equinox.__version__,
+    )
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write `ds` to netCDF atomically: an interrupted write leaves no half file."""
+    ds = ds.copy()
+    ds.attrs = {k: _attr(v) for k, v in ds.attrs.items()}
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine=ENGINE)
+
+
+def load(path: str | os.PathLike) -> xr.Dataset:
+    """Read a trajectory written by [`save`][] (fully into memory; the file is closed)."""
+    with xr.open_dataset(os.fspath(path), engine=ENGINE) as ds:
+        return ds.load()

@@ -1,0 +1,150 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import gflow
+from gflow import flow, models, observables as obs, problem
+
+
+def test_paper_size_converges_to_pi_star(paper_run, paper_problem):
+    ds = paper_run
+    assert ds.attrs["status"] == "converged"
+    assert float(ds.excess_risk[-1]) <= 1e-10
+    np.testing.assert_allclose(ds.end_to_end[-1] if "end_to_end" in ds else
+                               gflow.end_to_end(gflow.trajectory.model_from(ds)),
+                               paper_problem.pi_star, atol=1e-6)
+    assert float(ds.distance_to_pi_star[-1]) <= 1e-6
+
+
+def test_conserved_quantities_drift_below_solver_tolerance(paper_run):
+    # rtol 1e-8, atol 1e-10 over ~100 steps: the exact invariant moves only by the local
+    # errors the controller accepts.
+    assert float(paper_run.balance_drift.max()) <= 1e-7
+
+
+def test_risk_is_non_increasing(paper_run):
+    risk = paper_run.risk.values
+    # allow round-off at the level of R itself (1e-15 relative)
+    assert np.all(np.diff(risk) <= 1e-14 * risk[:-1])
+
+
+def test_energy_identity(paper_mlp, paper_problem):
+    """R(0) − R(t1) = ∫₀^{t1} ‖∇R‖² dt, the integral taken on the dense solution."""
+    opts = gflow.FlowOptions(rtol=1e-10, atol=1e-12, t_max=20.0, saves=10, stop_at_excess_risk=0.0)
+    sol = flow.dense_solution(paper_mlp, paper_problem, opts)
+    t1 = 20.0
+    # Gauss–Legendre on log-spaced panels (the motion is fast early and slow late).
+    edges = np.concatenate([[0.0], np.geomspace(1e-4, t1, 400)])
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    ts, ws = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        ts.append((b - a) / 2 * nodes + (a + b) / 2)
+        ws.append((b - a) / 2 * weights)
+    ts, ws = np.concatenate(ts), np.concatenate(ws)
+    values = np.asarray(jax.vmap(lambda t: obs.grad_norm_sq(sol.model_at(t), paper_problem))(jnp.asarray(ts)))
+    integral = float(values @ ws)
+    drop = float(obs.risk(paper_mlp, paper_problem) - obs.risk(sol.model_at(t1), paper_problem))
+    assert integral == pytest.approx(drop, rel=1e-6)
+
+
+def _balanced_rank_one_mlp(d, depth, sigma, key):
+    """W_k = σ u_k u_{k−1}ᵀ with unit u_k: W_{k+1}ᵀW_{k+1} = W_kW_kᵀ exactly."""
+    keys = jax.random.split(key, depth)
+    us = [np.asarray(jax.random.normal(k, (d,))) for k in keys[:-1]]
+    us = [u / np.linalg.norm(u) for u in us] + [np.ones(1)]
+    v1 = np.asarray(jax.random.normal(keys[-1], (d,)))
+    vs = [v1 / np.linalg.norm(v1)] + us[:-1]
+    return models.from_layers([sigma * np.outer(u, v) for u, v in zip(us, vs)])
+
+
+def test_balanced_start_follows_the_end_to_end_ode(paper_problem):
+    """Arora, Cohen & Hazan (2018): for a balanced start with d_L = 1 the regressor obeys
+    dw/dt = −‖w‖^{2(L−1)/L} (g + (L−1)(g·ŵ)ŵ), g = 2Σ̂(w − π*)."""
+    L = 4
+    model = _balanced_rank_one_mlp(5, L, 0.6, jax.random.key(11))
+    opts = gflow.FlowOptions(rtol=1e-11, atol=1e-13, t_max=30.0, saves=40, stop_at_excess_risk=0.0)
+    ds = gflow.solve(model, paper_problem, opts, observables=("end_to_end", "balance_drift"))
+    sigma, pi = np.asarray(paper_problem.sigma), np.asarray(paper_problem.pi_star)
+
+    def rhs(t, w):
+        g = 2 * sigma @ (w - pi)
+        nw = np.linalg.norm(w)
+        wh = w / nw
+        return -(nw ** (2 * (L - 1) / L)) * (g + (L - 1) * (g @ wh) * wh)
+
+    ref = solve_ivp(rhs, (0, 30.0), np.asarray(gflow.end_to_end(model)), method="DOP853",
+                    t_eval=ds.time.values, rtol=1e-13, atol=1e-14)
+    assert ref.success
+    np.testing.assert_allclose(ds.end_to_end.values, ref.y.T, atol=1e-6)
+    assert float(ds.balance_drift.max()) < 1e-8
+
+
+@pytest.mark.slow
+def test_small_scale_plateau_is_crossed_in_a_few_hundred_steps(paper_problem):
+    model = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), 0.02)
+    opts = gflow.FlowOptions(t_max=1e14, saves=150, stop_at_excess_risk=1e-12)
+    ds = gflow.solve(model, paper_problem, opts, observables=("excess_risk", "balance_drift"))
+    assert ds.attrs["status"] == "converged"
+    assert 1e8 < ds.attrs["t_final"] < 1e13
+    assert ds.attrs["num_steps"] < 1000
+    assert float(ds.excess_risk[-1]) <= 1e-12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d, depth", [(5, 40), (10, 20), (20, 10)])
+def test_residual_networks_converge(d, depth):
+    prob = problem.gaussian(4 * d + 20, d, seed=d)
+    model = models.residual(jax.random.key(depth), d, depth, 0.5)
+    ds = gflow.solve(model, prob, gflow.FlowOptions(t_max=1e4, saves=60), observables=obs.DEFAULT)
+    assert ds.attrs["status"] == "converged"
+    for name in obs.DEFAULT:
+        assert np.all(np.isfinite(ds[name].values)), name
+    assert float(ds.balance_drift.max()) < 1e-6
+    assert ds.sizes["layer"] == depth
+
+
+def test_statuses_are_recorded_not_raised(paper_problem, paper_mlp):
+    short = gflow.solve(paper_mlp, paper_problem, gflow.FlowOptions(t_max=0.5, saves=5), ("risk",))
+    assert short.attrs["status"] == "reached_t_max"
+    assert short.time.values[-1] == pytest.approx(0.5)
+    capped = gflow.solve(paper_mlp, paper_problem, gflow.FlowOptions(t_max=1e4, saves=5, max_steps=3), ("risk",))
+    assert capped.attrs["status"] == "max_steps"
+
+
+def test_save_times_are_trimmed_after_the_event(paper_run):
+    t = paper_run.time.values
+    assert np.all(np.isfinite(t)) and np.all(np.diff(t) > 0)
+    assert t[0] == 0.0 and t[-1] == pytest.approx(paper_run.attrs["t_final"])
+    assert np.all(np.isfinite(paper_run.sharpness.values))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(solver="euler"), "unknown solver"),
+        (dict(rtol=0.0), "rtol"),
+        (dict(atol=-1.0), "atol"),
+        (dict(t_max=float("nan")), "t_max"),
+        (dict(saves=1), "saves"),
+        (dict(t_first=10.0, t_max=5.0), "t_first"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gflow.FlowOptions(**kwargs)
+
+
+def test_implicit_solver_agrees_with_tsit5(paper_problem):
+    model = models.mlp(jax.random.key(1), models.mlp_widths(5, 3, 5), 0.5)
+    opts = dict(rtol=1e-9, atol=1e-11, t_max=5.0, saves=6, stop_at_excess_risk=0.0)
+    a = gflow.solve(model, paper_problem, gflow.FlowOptions(**opts), ("end_to_end",))
+    b = gflow.solve(model, paper_problem, gflow.FlowOptions(solver="kvaerno5", **opts), ("end_to_end",))
+    np.testing.assert_allclose(a.end_to_end.values, b.end_to_end.values, atol=1e-6)
+
+
+def test_input_size_must_match_the_data(paper_problem):
+    model = models.mlp(jax.random.key(1), [4, 3, 1], 0.5)
+    with pytest.raises(models.ShapeError, match="d = 5"):
+        gflow.solve(model, paper_problem)

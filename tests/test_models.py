@@ -1,0 +1,81 @@
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+from gflow import models, observables
+from gflow.models import ShapeError
+
+
+def _product(layers):
+    out = np.asarray(layers[0])
+    for w in layers[1:]:
+        out = np.asarray(w) @ out
+    return out
+
+
+def test_end_to_end_of_an_mlp_with_mixed_widths():
+    model = models.mlp(jax.random.key(0), [5, 7, 3, 3, 3, 1], 0.7)
+    assert model.widths == (5, 7, 3, 3, 3, 1) and model.depth == 5
+    np.testing.assert_allclose(models.end_to_end(model), _product(model.layers())[0], rtol=1e-12)
+
+
+def test_end_to_end_of_a_residual_network_includes_the_identity_and_p():
+    model = models.residual(jax.random.key(1), 4, 6, 0.8)
+    W = [np.eye(4) + np.asarray(v) for v in model.V]
+    np.testing.assert_allclose(models.end_to_end(model), np.asarray(model.p) @ _product(W), rtol=1e-12)
+    assert float(np.linalg.norm(model.p)) == pytest.approx(1.0)
+
+
+def test_row_product_skips_the_first_layers():
+    model = models.mlp(jax.random.key(2), [4, 6, 6, 6, 1], 1.0)
+    layers = model.layers()
+    np.testing.assert_allclose(models.row_product(model, skip=1), _product(layers[1:])[0], rtol=1e-12)
+    np.testing.assert_allclose(models.row_product(model, skip=3), np.asarray(layers[3])[0], rtol=1e-12)
+
+
+def test_p_and_the_identity_are_not_trained(paper_problem):
+    model = models.residual(jax.random.key(3), 5, 4, 0.5)
+    grads = observables.risk_gradient(model, paper_problem)
+    assert grads.p is None and grads.V.shape == (4, 5, 5)
+    params, _ = eqx.partition(model, models.trainable(model))
+    assert params.p is None
+
+
+def test_residual_init_has_the_stated_scale():
+    d, L, s = 20, 50, 0.7
+    model = models.residual(jax.random.key(4), d, L, s)
+    assert float(np.std(np.asarray(model.V))) == pytest.approx(s / np.sqrt(L * d), rel=0.05)
+
+
+def test_weights_round_trip_through_npz(tmp_path):
+    for model in (models.mlp(jax.random.key(5), [3, 4, 4, 1], 0.3), models.residual(jax.random.key(6), 3, 3, 0.2)):
+        kind = "residual" if isinstance(model, models.Residual) else "mlp"
+        models.save_layers(model, tmp_path / "w.npz")
+        back = models.load_layers(tmp_path / "w.npz", kind)
+        for a, b in zip(model.layers(), back.layers()):
+            np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-15)
+        np.testing.assert_allclose(model.p, back.p)
+
+
+@pytest.mark.parametrize(
+    "layers, kind, message",
+    [
+        ([np.ones((3, 2)), np.ones((1, 4))], "mlp", "chain"),
+        ([np.ones((3, 2)), np.ones((2, 3))], "mlp", "one row"),
+        ([np.full((1, 2), np.nan)], "mlp", "NaN"),
+        ([np.eye(2), np.ones((3, 2))], "residual", "2 × 2"),
+    ],
+)
+def test_impossible_weights_are_refused(layers, kind, message):
+    with pytest.raises(ShapeError, match=message):
+        models.from_layers(layers, p=np.ones(2), kind=kind)
+
+
+def test_bad_widths_are_refused():
+    with pytest.raises(ShapeError):
+        models.mlp_widths(5, 0, 5)
+    with pytest.raises(ShapeError):
+        models.mlp_widths(5, 3, [4])
+    with pytest.raises(ShapeError):
+        models.mlp(jax.random.key(0), [5, 0, 1], 0.1)
