@@ -234,3 +234,17 @@ DEFAULT = (
     "balance_drift",
     "distance_to_pi_star",
 )
+
+
+# --- partial products (theory.md §5) -------------------------------------------------------
+
+
+@register("partial_product_extremes", dims=("layer", "extreme"))
+def partial_product_extremes(model, problem):
+    """(σ_max, σ_min) of each partial product W_k ⋯ W_1 (residual lemma, theory.md §5)."""
+    out, P = [], None
+    for w in model.layers():
+        P = w if P is None else w @ P
+        s = jnp.linalg.svd(P, compute_uv=False)
+        out.append(jnp.stack([s[0], s[-1]]))
+    return jnp.stack(out)
