@@ -16,6 +16,17 @@ from .models import MLP, Residual, end_to_end  # noqa: E402
 from .problem import Problem  # noqa: E402
 from .trajectory import load, save  # noqa: E402
 
+
+def run(scenario, out=None, *, overwrite: bool = False, quiet: bool = True):
+    """Run a scenario file (or `Scenario`) and return its GF trajectory Dataset.
+
+    With `out`, also write the run folder. See `gflow.experiment.execute` for the rest
+    (GD runs, theorem checks, figures).
+    """
+    from .experiment import run as _run
+
+    return _run(scenario, out, overwrite=overwrite, quiet=quiet)
+
 __all__ = [
     "FlowOptions",
     "MLP",
@@ -27,6 +38,7 @@ __all__ = [
     "models",
     "observables",
     "problem",
+    "run",
     "save",
     "solve",
     "trajectory",

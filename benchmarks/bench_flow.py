@@ -1,0 +1,57 @@
+"""Speed of the gradient-flow solve (issue: core engine).
+
+Prints, on this machine, after compilation:
+- the paper-size solve (n=50, d=5, L=10, widths 5, scale 0.35) with all observables,
+  sharpness included, at 200 save times, and its ratio to the same solve recording only
+  the risk (the cost of the observables);
+- compile time (first call) and run time for L = 40 (MLP and residual).
+Run: .venv/bin/python benchmarks/bench_flow.py
+"""
+
+import time
+
+import jax
+
+import gflow
+from gflow import models, observables, problem
+
+
+def timed(fn, repeat=5):
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return first, best
+
+
+def main():
+    prob = problem.gaussian(50, 5, seed=0)
+    opts = gflow.FlowOptions(rtol=1e-8, atol=1e-10, t_max=1e4, saves=200, t_first=1e-3, stop_at_excess_risk=0.0)
+    model = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), 0.35)
+    rows = []
+    first_all, all_obs = timed(lambda: gflow.solve(model, prob, opts, observables.DEFAULT))
+    first_bare, bare = timed(lambda: gflow.solve(model, prob, opts, ("risk",)))
+    ds = gflow.solve(model, prob, opts, observables.DEFAULT)
+    print(f"paper size, L=10, {ds.sizes['time']} saves, {ds.attrs['num_steps']} steps, status {ds.attrs['status']}")
+    print(f"  all observables (sharpness incl.): {all_obs * 1e3:8.1f} ms   (target <= 1000 ms; compile+run {first_all:.2f} s)")
+    print(f"  risk only:                         {bare * 1e3:8.1f} ms   (compile+run {first_bare:.2f} s)")
+    print(f"  ratio all / risk only:             {all_obs / bare:8.2f}x")
+    for kind in ("mlp", "residual"):
+        if kind == "mlp":
+            m40 = models.mlp(jax.random.key(0), models.mlp_widths(5, 40, 5), 0.6)
+        else:
+            m40 = models.residual(jax.random.key(0), 5, 40, 0.5)
+        o40 = gflow.FlowOptions(t_max=1e4, saves=200)
+        first, best = timed(lambda: gflow.solve(m40, prob, o40, observables.DEFAULT), repeat=2)
+        ds = gflow.solve(m40, prob, o40, observables.DEFAULT)
+        print(f"L=40 {kind:8s}: compile+first run {first:6.2f} s (target compile <= 10 s), "
+              f"run {best * 1e3:7.1f} ms, {ds.attrs['num_steps']} steps, {ds.attrs['status']}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The `gflow` command.
+
+    gflow run SCENARIO [--out DIR] [--overwrite] [--quiet]
+    gflow check RUN_FOLDER
+    gflow sweep SCENARIO [--out DIR] [--overwrite] [--quiet] [...]
+
+Bad input (scenario, data, weights, an existing output folder) ends with one line on
+stderr and exit status 2; a violated theorem check ends with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+EXIT_BAD_INPUT = 2
+EXIT_VIOLATED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gflow",
+        description="Gradient flow (and descent) on deep linear networks, held against the theorems.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="integrate one scenario and write its run folder",
+        description="Validate SCENARIO, integrate gradient flow (and GD if the scenario has a "
+        "[descent] section), check the theorems and write a run folder: scenario.toml, "
+        "trajectory.nc, summary.md, checks.md, checks.json and figures/*.png.",
+    )
+    run.add_argument("scenario", metavar="SCENARIO", help="a TOML scenario file (see scenarios/)")
+    run.add_argument("--out", metavar="DIR", help="run folder to write (default: runs/<scenario name>)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run folder if it exists")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    check = sub.add_parser(
+        "check",
+        help="print and write the theorem checks of a finished run",
+        description="Hold RUN_FOLDER's trajectory against the theorems; print a table and write "
+        "checks.md and checks.json. Exit status 1 if a check is violated while its assumptions hold.",
+    )
+    check.add_argument("folder", metavar="RUN_FOLDER", help="a folder written by `gflow run`")
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a scenario's [sweep] grid",
+        description="Expand SCENARIO's [sweep] table into a grid of runs, run them (resuming an "
+        "interrupted sweep) and write one combined dataset, a table of final quantities and figures.",
+    )
+    sweep.add_argument("scenario", metavar="SCENARIO", help="a TOML scenario file with a [sweep] table")
+    sweep.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<scenario name>)")
+    sweep.add_argument("--overwrite", action="store_true", help="start afresh, replacing the folder")
+    sweep.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    sweep.add_argument("--dask", metavar="ADDRESS", help="send chunks to this Dask scheduler")
+    sweep.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster with N workers")
+    return parser
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> int:
+    print(f"gflow: error: {message}", file=sys.stderr)
+    return status
+
+
+def _run(args) -> int:
+    from . import experiment, theory
+
+    out = args.out
+    if out is None:
+        from . import scenario as scen
+
+        out = experiment.default_folder(scen.load(args.scenario))
+    result = experiment.execute(args.scenario, out, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print(theory.format_table(result.checks))
+        print(f"run folder: {result.folder}")
+    return theory.exit_code(result.checks)
+
+
+def _check(args) -> int:
+    from . import theory, trajectory
+    from . import scenario as scen
+
+    path = os.path.join(args.folder, "trajectory.nc")
+    if not os.path.isfile(path):
+        return _fail(f"{args.folder}: no trajectory.nc here (is it a folder written by `gflow run`?)")
+    ds = trajectory.load(path)
+    problem = None
+    source = os.path.join(args.folder, "scenario.toml")
+    if os.path.isfile(source):
+        problem = scen.load(source).validate_inputs()[0]
+    checks = theory.check(ds, problem)
+    gd_path = os.path.join(args.folder, "descent.nc")
+    if os.path.isfile(gd_path):
+        checks += theory.check(trajectory.load(gd_path), problem)
+    print(theory.format_table(checks))
+    theory.write_report(checks, args.folder)
+    return theory.exit_code(checks)
+
+
+def _sweep(args) -> int:
+    from . import sweep
+
+    return sweep.main(args)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)  # --help answers before the heavy imports
+
+    from .experiment import OutputExistsError
+    from .models import ShapeError
+    from .problem import DataError
+    from .scenario import ScenarioError
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.formatwarning = lambda message, *a, **k: f"gflow: warning: {message}\n"
+    try:
+        return {"run": _run, "check": _check, "sweep": _sweep}[args.command](args)
+    except (ScenarioError, DataError, ShapeError, OutputExistsError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing half-written was left behind", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""One scenario, end to end: validate, integrate, check, and write a run folder.
+
+A run folder holds `scenario.toml` (a copy), `trajectory.nc`, `summary.md`,
+`checks.md`/`checks.json`, `figures/*.png`, and with a `[descent]` section `descent.nc`
+and the GF-vs-GD figures. It is written in a temporary folder beside the target and
+renamed into place at the end, so an interrupted run never leaves a half folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from . import flow, plots, theory, trajectory
+from . import scenario as scen
+
+
+class OutputExistsError(FileExistsError):
+    """The run folder exists and overwriting was not asked for."""
+
+
+class Progress:
+    """Stage messages on stderr, with a ticking clock while a long stage runs (quiet: nothing)."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __call__(self, message: str):
+        self.done()
+        if not self.quiet:
+            print(message, file=self.stream, flush=True)
+
+    def stage(self, message: str):
+        """Start a stage that may take a while; a tty sees the seconds go by."""
+        self.done()
+        if self.quiet:
+            return
+        start = time.perf_counter()
+        if not self.stream.isatty():
+            print(f"{message} …", file=self.stream, flush=True)
+            return
+
+        def tick():
+            while not self._stop.wait(0.5):
+                print(f"\r{message} … {time.perf_counter() - start:5.1f} s", end="", file=self.stream, flush=True)
+            print(f"\r{message} … {time.perf_counter() - start:5.1f} s", file=self.stream, flush=True)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=tick, daemon=True)
+        self._thread.start()
+
+    def done(self):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
+@dataclass
+class RunResult:
+    """What a run produced (the same things its folder holds)."""
+
+    flow: xr.Dataset
+    checks: list
+    descent: xr.Dataset | None = None
+    folder: str | None = None
+    figures: list[str] = field(default_factory=list)
+
+
+def default_folder(scenario: scen.Scenario) -> str:
+    return os.path.join("runs", scenario.name)
+
+
+def execute(
+    scenario: scen.Scenario | str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = True,
+) -> RunResult:
+    """Run a scenario; write its run folder when `out` is given.
+
+    Raises `ScenarioError` (bad scenario, data or weights) or `OutputExistsError` before
+    anything is computed or written.
+    """
+    progress = Progress(quiet)
+    if not isinstance(scenario, scen.Scenario):
+        scenario = scen.load(scenario)
+    if out is not None and os.path.exists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: the output folder exists (use --overwrite to replace it)")
+    problem, model = scenario.validate_inputs()
+
+    progress.stage(f"{scenario.name}: integrating gradient flow (L = {model.depth}, {scenario.flow.solver})")
+    ds = flow.solve(model, problem, scenario.flow.options(), scenario.record.observables)
+    ds.attrs.update(scenario=scenario.name, seed=scenario.seed)
+    progress(
+        f"{scenario.name}: {ds.attrs['status']} at t = {ds.attrs['t_final']:.3g} "
+        f"in {ds.attrs['num_steps']} steps ({ds.attrs['wall_time_s']:.2f} s)"
+    )
+
+    gd = None
+    if scenario.descent is not None:
+        from . import compare
+
+        progress.stage(f"{scenario.name}: gradient descent at {len(scenario.descent.step_sizes)} step sizes")
+        gd = compare.descent_for_scenario(scenario, problem, model)
+    checks = theory.check(ds, problem)
+    if gd is not None:
+        checks += theory.check(gd, problem)
+    progress.done()
+    result = RunResult(flow=ds, checks=checks, descent=gd)
+    if out is not None:
+        progress.stage(f"{scenario.name}: writing {out}")
+        result.folder, result.figures = _write_folder(result, scenario, problem, os.fspath(out))
+        progress(f"{scenario.name}: wrote {out}")
+    return result
+
+
+def run(scenario, out=None, *, overwrite: bool = False, quiet: bool = True) -> xr.Dataset:
+    """Run a scenario and return its GF trajectory (see [`execute`][] for everything)."""
+    return execute(scenario, out, overwrite=overwrite, quiet=quiet).flow
+
+
+def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str):
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
+    try:
+        if scenario.source is not None:
+            shutil.copyfile(scenario.source, os.path.join(tmp, "scenario.toml"))
+        trajectory.save(result.flow, os.path.join(tmp, "trajectory.nc"))
+        if result.descent is not None:
+            trajectory.save(result.descent, os.path.join(tmp, "descent.nc"))
+        theory.write_report(result.checks, tmp)
+        with open(os.path.join(tmp, "summary.md"), "w") as f:
+            f.write(summary(result.flow, result.checks, result.descent))
+        figures = plots.save_figures(result.flow, os.path.join(tmp, "figures"))
+        if result.descent is not None:
+            from . import compare
+
+            figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    figures = [os.path.join(out, os.path.relpath(p, tmp)) for p in figures]
+    return out, figures
+
+
+def _replace_folder(new: str, target: str):
+    """Put folder `new` at `target`, replacing an old one only once the new one is complete."""
+    if os.path.exists(target):
+        trash = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(target)), prefix=".old-")
+        os.replace(target, os.path.join(trash, "old"))
+        os.replace(new, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
+    """The run's headline numbers as Markdown."""
+    a = ds.attrs
+    b = theory.bounds_from_attrs(a)
+    rows = [
+        ("status", a["status"]),
+        ("clock", a.get("clock", "plain")),
+        ("t_final", f"{a['t_final']:.6g}"),
+        ("solver steps (accepted / rejected)", f"{a['num_accepted_steps']} / {a['num_rejected_steps']}"),
+        ("wall time (s, compile included)", f"{a['wall_time_s']:.3f}"),
+    ]
+    if "excess_risk" in ds:
+        rows.append(("final excess risk R − R_min", f"{float(ds.excess_risk[-1]):.3e}"))
+    if "distance_to_pi_star" in ds:
+        rows.append(("final ‖w − π*‖", f"{float(ds.distance_to_pi_star[-1]):.3e}"))
+    s_lower = b.get("S_lower")
+    if "sharpness" in ds:
+        s_final = float(ds.sharpness[-1])
+        rows += [("S_final", f"{s_final:.6g}"), ("S_lower = 2cLa", f"{s_lower:.6g}")]
+        rows += [("S_upper", f"{b.get('S_upper', np.nan):.6g}"), ("S_final / S_lower", f"{s_final / s_lower:.4f}")]
+    if "balance_drift" in ds and ds.sizes["interface"] > 0:
+        rows.append(("max conserved-quantity drift", f"{float(ds.balance_drift.max()):.3e}"))
+    lines = [f"# {a.get('scenario', 'run')}", "", "| quantity | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "## Problem", "", "| constant | value |", "| --- | --- |"]
+    lines += [f"| {k} | {a[k]:.6g} |" for k in ("n", "d", "lam", "Lam", "a", "pi_star_norm", "R_min")]
+    lines += [f"| depth L | {a['depth']} |", f"| widths | {a['widths']} |", f"| kind | {a['kind']} |"]
+    if gd is not None:
+        from . import compare
+
+        lines += ["", "## Gradient descent", "", compare.summary_table(gd)]
+    verdicts = {}
+    for c in checks:
+        verdicts[c.verdict] = verdicts.get(c.verdict, 0) + 1
+    lines += ["", "## Theorem checks", "", ", ".join(f"{v}: {n}" for v, n in sorted(verdicts.items())),
+              "", "Details in checks.md."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,334 @@
+"""Scenario files: the TOML schema, its validation, and what a scenario builds.
+
+A scenario says which data, which network and initialization, how to integrate and what
+to record (and, optionally, GD step sizes and a sweep grid). Unknown keys are errors: a
+typo must not be silently ignored. Every error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import tomllib
+import warnings
+from typing import Annotated, Any, Literal
+
+import jax
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from . import observables as obs
+from .flow import SOLVERS, FlowOptions
+from .models import DeepLinear, ShapeError
+from .problem import DataError, Problem
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+class GaussianData(_Strict):
+    """The paper's data: X ~ N(0, I), y = X w_true + noise·N(0, 1)."""
+
+    kind: Literal["gaussian"]
+    n: PositiveInt
+    d: PositiveInt
+    noise: Annotated[FiniteFloat, Field(ge=0)] = 1.0
+    seed: int = 0
+    n_test: Annotated[int, Field(ge=0)] = 0
+    unit_pi_star: bool = True
+
+
+class AnisotropicData(GaussianData):
+    """Σ̂ with condition number Λ/λ = `condition` exactly."""
+
+    kind: Literal["anisotropic"]
+    condition: Annotated[FiniteFloat, Field(ge=1)]
+
+
+class FileData(_Strict):
+    """X, y (and optionally X_test, y_test) from an .npz or .csv file."""
+
+    kind: Literal["file"]
+    path: str
+    unit_pi_star: bool = False
+
+
+Data = Annotated[GaussianData | AnisotropicData | FileData, Field(discriminator="kind")]
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+class SmallScaleInit(_Strict):
+    """W_k(0) with i.i.d. N(0, scale²) entries."""
+
+    kind: Literal["small_scale"]
+    scale: Annotated[FiniteFloat, Field(gt=0)]
+
+
+class ResidualInit(_Strict):
+    """W_k(0) = I + (s/√(L d)) N_k."""
+
+    kind: Literal["residual"]
+    s: Annotated[FiniteFloat, Field(ge=0)]
+
+
+class FileInit(_Strict):
+    """Explicit weights W1..WL (and p) from an .npz file."""
+
+    kind: Literal["file"]
+    path: str
+
+
+Init = Annotated[SmallScaleInit | ResidualInit | FileInit, Field(discriminator="kind")]
+
+
+class Model(_Strict):
+    kind: Literal["mlp", "residual"]
+    depth: PositiveInt | None = None
+    width: PositiveInt | list[PositiveInt] | None = None
+    init: Init
+    p: list[FiniteFloat] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self):
+        if self.init.kind == "file":
+            return self
+        if self.depth is None:
+            raise ValueError("depth is required (unless init.kind = 'file')")
+        if self.kind == "mlp" and self.init.kind != "small_scale":
+            raise ValueError("an mlp takes init.kind = 'small_scale' or 'file'")
+        if self.kind == "residual" and self.init.kind != "residual":
+            raise ValueError("a residual network takes init.kind = 'residual' or 'file'")
+        if self.kind == "residual" and self.width is not None:
+            raise ValueError("a residual network has width d; leave width out")
+        if self.kind == "mlp" and self.p is not None:
+            raise ValueError("an mlp has p = 1; leave p out")
+        return self
+
+
+# --- flow, record, descent, sweep ------------------------------------------------------
+
+
+class Flow(_Strict):
+    solver: Literal[tuple(SOLVERS)] = "tsit5"  # type: ignore[valid-type]
+    rtol: PositiveFinite = 1e-8
+    atol: PositiveFinite = 1e-10
+    t_max: PositiveFinite = 1e4
+    saves: Annotated[int, Field(ge=2)] = 200
+    t_first: PositiveFinite | None = None
+    spacing: Literal["log", "linear"] = "log"
+    stop_at_excess_risk: Annotated[FiniteFloat, Field(ge=0)] = 1e-12
+    max_steps: PositiveInt = 100_000
+
+    @pydantic.model_validator(mode="after")
+    def _coherent(self):
+        self.options()  # FlowOptions checks what spans several fields (t_first < t_max)
+        return self
+
+    def options(self) -> FlowOptions:
+        return FlowOptions(**self.model_dump())
+
+
+class Record(_Strict):
+    observables: list[str] = list(obs.DEFAULT)
+
+    @pydantic.field_validator("observables")
+    @classmethod
+    def _known(cls, names):
+        unknown = [n for n in names if n not in obs.REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown observable(s) {unknown}; known: {sorted(obs.REGISTRY)}")
+        return names
+
+
+class Descent(_Strict):
+    """GD from the same initialization, at these step sizes (theory.md §3)."""
+
+    step_sizes: Annotated[list[PositiveFinite], Field(min_length=1)]
+    steps: PositiveInt | list[PositiveInt]
+    seeds: list[int] | None = None
+    record_every: PositiveInt | None = None
+    observables: list[str] = ["risk", "excess_risk", "distance_to_pi_star"]
+
+    @pydantic.model_validator(mode="after")
+    def _lengths(self):
+        if isinstance(self.steps, list) and len(self.steps) != len(self.step_sizes):
+            raise ValueError("steps must be one number or one per step size")
+        unknown = [n for n in self.observables if n not in obs.REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown observable(s) {unknown}")
+        return self
+
+
+class Scenario(_Strict):
+    """A whole scenario file (see the README's table of keys)."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    seed: int = 0
+    data: Data
+    model: Model
+    flow: Flow = Flow()
+    record: Record = Record()
+    descent: Descent | None = None
+    sweep: dict[str, list[Any]] | None = None
+    source: str | None = Field(default=None, exclude=True)
+
+    def build_problem(self) -> Problem:
+        """The regression problem (validated data)."""
+        from . import problem
+
+        data = self.data
+        if data.kind == "file":
+            return problem.load(self._resolve(data.path), unit_pi_star=data.unit_pi_star)
+        common = dict(noise=data.noise, seed=data.seed, n_test=data.n_test, unit_pi_star=data.unit_pi_star)
+        if data.kind == "anisotropic":
+            return problem.anisotropic(data.n, data.d, condition=data.condition, **common)
+        return problem.gaussian(data.n, data.d, **common)
+
+    def build_model(self, d: int, seed: int | None = None) -> DeepLinear:
+        """The network at t = 0 for inputs of size d (init drawn from `seed`)."""
+        from . import models
+
+        m, key = self.model, jax.random.key(self.seed if seed is None else seed)
+        if m.init.kind == "file":
+            model = models.load_layers(self._resolve(m.init.path), m.kind)
+            if m.depth is not None and model.depth != m.depth:
+                raise ShapeError(f"weights file has depth {model.depth} but model.depth = {m.depth}")
+        elif m.kind == "mlp":
+            widths = models.mlp_widths(d, m.depth, m.width if m.width is not None else d)
+            model = models.mlp(key, widths, m.init.scale)
+        else:
+            model = models.residual(key, d, m.depth, m.init.s, p=m.p)
+        if model.widths[0] != d:
+            raise ShapeError(f"the network takes inputs of size {model.widths[0]} but the data has d = {d}")
+        return model
+
+    def _resolve(self, path: str) -> str:
+        """Paths in a scenario are relative to the scenario file."""
+        if os.path.isabs(path) or self.source is None:
+            return path
+        return os.path.join(os.path.dirname(os.path.abspath(self.source)), path)
+
+    def validate_inputs(self) -> tuple[Problem, DeepLinear]:
+        """Build data and model, turning every data/shape problem into a ScenarioError."""
+        where = self.source or self.name
+        try:
+            prob = self.build_problem()
+        except DataError as e:
+            raise ScenarioError(f"{where}: data: {e}") from None
+        try:
+            model = self.build_model(prob.d)
+        except ShapeError as e:
+            raise ScenarioError(f"{where}: model: {e}") from None
+        if not prob.overdetermined:
+            warnings.warn(
+                f"{where}: Σ̂ is singular (n = {prob.n}, d = {prob.d}): the problem is "
+                "underdetermined, minimizers do not all implement π*, and the bounds that use λ are void.",
+                stacklevel=2,
+            )
+        return prob, model
+
+
+def _format(error: pydantic.ValidationError, where: str) -> str:
+    parts = []
+    for e in error.errors():
+        skip = ("function-", "constrained-", "list[", "int", "float", "str")
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith(skip))
+        loc = loc.replace(".gaussian", "").replace(".anisotropic", "").replace(".file", "")
+        loc = loc.replace(".small_scale", "").replace(".residual", "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif e["type"] == "missing":
+            msg = "missing required key"
+        parts.append(f"{loc or '(top level)'}: {msg}")
+    return f"{where}: " + "; ".join(dict.fromkeys(parts))
+
+
+def from_dict(raw: dict, source: str | None = None) -> Scenario:
+    """Validate a scenario given as a dict (as read from TOML)."""
+    where = source or "scenario"
+    try:
+        scenario = Scenario.model_validate({**raw, "source": source})
+    except pydantic.ValidationError as e:
+        raise ScenarioError(_format(e, where)) from None
+    return scenario
+
+
+def load(path: str | os.PathLike) -> Scenario:
+    """Read and validate a TOML scenario file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{path}: is a folder, not a scenario file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: not a valid TOML file ({e})") from None
+    return from_dict(raw, source=path)
+
+
+def expand(scenario: Scenario) -> list[tuple[dict[str, Any], Scenario]]:
+    """The runs of a sweep: every combination of the `[sweep]` values, as (overrides, scenario).
+
+    Keys are dotted paths into the scenario ("model.init.scale", "seed"); each run is
+    validated like a file, so a bad value names its key.
+    """
+    if not scenario.sweep:
+        return [({}, scenario)]
+    raw = scenario.model_dump(exclude={"sweep"}, exclude_none=True)
+    keys = list(scenario.sweep)
+    for key in keys:
+        _check_path(raw, key, scenario.source or scenario.name)
+    runs = []
+    for values in itertools.product(*(scenario.sweep[k] for k in keys)):
+        run = copy.deepcopy(raw)
+        for key, value in zip(keys, values):
+            *head, last = key.split(".")
+            node = run
+            for part in head:
+                node = node[part]
+            node[last] = value
+        overrides = dict(zip(keys, values))
+        runs.append((overrides, from_dict(run, scenario.source)))
+    return runs
+
+
+def _check_path(raw: dict, key: str, where: str):
+    node, parts = raw, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            raise ScenarioError(f"{where}: sweep.{key}: {'.'.join(parts[:i])} is not a table")
+        if part not in node and not (i == len(parts) - 1 and part in _optional_keys(parts[:-1])):
+            raise ScenarioError(f"{where}: sweep.{key}: no such key in the scenario")
+        node = node.get(part, {})
+
+
+def _optional_keys(path: list[str]) -> set[str]:
+    """Keys allowed at a path even when left at their default (so a sweep may set them)."""
+    table = {
+        (): set(Scenario.model_fields),
+        ("data",): set(AnisotropicData.model_fields) | set(FileData.model_fields),
+        ("model",): set(Model.model_fields),
+        ("model", "init"): {"scale", "s", "path"},
+        ("flow",): set(Flow.model_fields),
+        ("record",): set(Record.model_fields),
+        ("descent",): set(Descent.model_fields),
+    }
+    return table.get(tuple(path), set())
