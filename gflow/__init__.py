@@ -27,6 +27,13 @@ def run(scenario, out=None, *, overwrite: bool = False, quiet: bool = True):
 
     return _run(scenario, out, overwrite=overwrite, quiet=quiet)
 
+
+def load_run(folder):
+    """A run folder written by `gflow run`: `.flow` (Dataset), `.checks`, `.descent`, `.figures`."""
+    from .experiment import load_run as _load_run
+
+    return _load_run(folder)
+
 __all__ = [
     "FlowOptions",
     "MLP",
@@ -35,6 +42,7 @@ __all__ = [
     "end_to_end",
     "linalg",
     "load",
+    "load_run",
     "models",
     "observables",
     "problem",

@@ -132,6 +132,20 @@ def run(scenario, out=None, *, overwrite: bool = False, quiet: bool = True) -> x
     return execute(scenario, out, overwrite=overwrite, quiet=quiet).flow
 
 
+def load_run(folder: str | os.PathLike) -> RunResult:
+    """A finished run folder, back in memory: `load_run(folder).flow`, `.checks`, `.descent`."""
+    folder = os.fspath(folder)
+    path = os.path.join(folder, "trajectory.nc")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder}: no trajectory.nc here (is it a folder written by `gflow run`?)")
+    gd_path = os.path.join(folder, "descent.nc")
+    gd = trajectory.load(gd_path) if os.path.isfile(gd_path) else None
+    checks = theory.read_report(folder) if os.path.isfile(os.path.join(folder, "checks.json")) else []
+    figures = sorted(os.path.join(folder, "figures", f) for f in os.listdir(os.path.join(folder, "figures"))) \
+        if os.path.isdir(os.path.join(folder, "figures")) else []
+    return RunResult(flow=trajectory.load(path), checks=checks, descent=gd, folder=folder, figures=figures)
+
+
 def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str):
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
