@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from . import descent, flow, observables as obs, trajectory
+from . import descent, flow, observables as obs, plots, trajectory
 from .models import DeepLinear, trainable
 from .problem import Problem
 
@@ -227,19 +227,9 @@ def summary_table(gd: xr.Dataset) -> str:
 # --- figures -----------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def sharpness_vs_step_size(gd: xr.Dataset):
     """Final sharpness of every converged GD run against η, with 2/η, S_lower, S_upper."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = plots.new_figure(width=6)
     etas = gd.step_size.values
     for i, eta in enumerate(etas):
         conv = gd.status.values[i] == "converged"
@@ -254,39 +244,50 @@ def sharpness_vs_step_size(gd: xr.Dataset):
     ax.set(xscale="log", yscale="log", xlabel="step size η", ylabel="final sharpness S",
            title="Sharpness at the end of GD")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def sharpness_vs_time(gf: xr.Dataset, gd: xr.Dataset):
-    """Sharpness along GF and along each GD run (recorded, else its final value at t = steps·η)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Sharpness along GF and along each GD run (recorded, else its final value at t = steps·η).
+
+    Log axes; each dashed line 2/η is the stability limit of its GD run, drawn only where it
+    falls near the sharpness values (a line at 2/η = 1000 would flatten everything else).
+    """
+    fig, (ax,) = plots.new_figure(width=6.5)
+    values = []
+    for i, eta in enumerate(gd.step_size.values):
+        color = f"C{i % 10}"
+        t = gd.time.values[i]
+        if "sharpness" in gd:
+            s = gd.sharpness.values[i, 0]
+            ok = (t > 0) & np.isfinite(s)
+            ax.plot(t[ok], s[ok], color=color, lw=1.2, label=f"GD η = {eta:.3g}")
+            values.append(s[ok])
+        final = gd.final_sharpness.values[i, 0]
+        ax.scatter([float(gd.steps.values[i]) * eta], [final], color=color, marker="o", zorder=3,
+                   label=None if "sharpness" in gd else f"GD η = {eta:.3g} (final)")
+        values.append(np.atleast_1d(final))
     if "sharpness" in gf:
         s = gf.sharpness if "seed" not in gf.sharpness.dims else gf.sharpness.isel(seed=0)
         t = gf.time.values
-        pos = t > 0
-        ax.plot(t[pos], s.values[pos], "k", lw=2, label="GF")
+        ax.plot(t[t > 0], s.values[t > 0], "k", lw=2.5, label="GF", zorder=4)
+        values.append(s.values[t > 0])
+    v = np.concatenate(values)
+    v = v[np.isfinite(v) & (v > 0)]
+    lo, hi = (v.min() / 2, v.max() * 3) if v.size else (1e-1, 1e3)
     for i, eta in enumerate(gd.step_size.values):
-        color = f"C{i % 10}"
-        if "sharpness" in gd:
-            ax.plot(gd.time.values[i], gd.sharpness.values[i, 0], color=color, label=f"GD η = {eta:.3g}")
-        t_end = float(gd.steps.values[i]) * eta
-        ax.scatter([t_end], [gd.final_sharpness.values[i, 0]], color=color, marker="o",
-                   label=None if "sharpness" in gd else f"GD η = {eta:.3g} (final)")
-        ax.axhline(2 / eta, color=color, ls="--", lw=0.8)
+        if lo < 2 / eta < hi:
+            ax.axhline(2 / eta, color=f"C{i % 10}", ls="--", lw=0.8)
     ax.axhline(gd.attrs["S_lower"], color="C3", lw=1.5, ls=":", label="S_lower")
-    ax.set(xscale="log", xlabel="time t (GD: t = kη)", ylabel="sharpness S",
+    ax.set(xscale="log", yscale="log", ylim=(lo, hi), xlabel="time t (GD: t = kη)", ylabel="sharpness S",
            title="Sharpness along GF and GD (dashed: 2/η)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
 def distance_vs_step_size(gd: xr.Dataset):
     """Final ‖w − π*‖² of every run that did not diverge, against η."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = plots.new_figure(width=6)
     for i, eta in enumerate(gd.step_size.values):
         d = gd.final_distance_to_pi_star.values[i]
         d = d[np.isfinite(d)]
@@ -295,14 +296,12 @@ def distance_vs_step_size(gd: xr.Dataset):
     ax.set(xscale="log", yscale="log", xlabel="step size η", ylabel="final ‖w − π*‖²",
            title="Distance to π* at the end of GD (diverged runs left out)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def divergence_vs_step_size(gd: xr.Dataset):
     """Fraction of runs that diverged, stalled or did not converge, per η."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = plots.new_figure(width=6)
     etas = gd.step_size.values
     for k, status in enumerate(("diverged", "stalled", "not_converged")):
         frac = (gd.status.values == status).mean(axis=1)
@@ -311,14 +310,12 @@ def divergence_vs_step_size(gd: xr.Dataset):
     ax.set(xscale="log", ylim=(-0.05, 1.05), xlabel="step size η", ylabel="fraction of runs",
            title="GD failures per step size")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def distance_to_flow_figure(gd: xr.Dataset):
     """‖W_GD(kη) − W_GF(kη)‖ over time, one line per step size (first seed)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = plots.new_figure(width=6)
     for i, eta in enumerate(gd.step_size.values):
         d = gd.distance_to_flow.values[i, 0]
         t = gd.time.values[i]
@@ -327,7 +324,6 @@ def distance_to_flow_figure(gd: xr.Dataset):
     ax.set(xscale="log", yscale="log", xlabel="time t = kη", ylabel="distance to GF",
            title="GD against GF at matched times")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -346,12 +342,10 @@ def figures(gf: xr.Dataset, gd: xr.Dataset) -> dict:
 
 def save_figures(gf: xr.Dataset, gd: xr.Dataset, folder: str | os.PathLike) -> list[str]:
     """Write [`figures`][] as PNG files in `folder` (atomically); returns their paths."""
-    plt = _plt()
     paths = []
     for name, fig in figures(gf, gd).items():
         path = os.path.join(os.fspath(folder), f"{name}.png")
         with trajectory.atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
         paths.append(path)
     return paths

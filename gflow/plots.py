@@ -10,13 +10,18 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+from .trajectory import atomic_path
 
-from .trajectory import atomic_path  # noqa: E402
+
+def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
+    """A Figure with `ncols` axes, made without pyplot: no global state, any backend."""
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
 
 
 def _positive_time(ds: xr.Dataset) -> xr.Dataset:
@@ -24,14 +29,14 @@ def _positive_time(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _axes(title: str, ylabel: str, ncols: int = 1):
-    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False, layout="constrained")
-    for ax in axes[0]:
+    fig, axes = new_figure(ncols)
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("time t")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
+    axes[0].set_ylabel(ylabel)
     fig.suptitle(title)
-    return fig, axes[0]
+    return fig, axes
 
 
 def _hline(ax, value, label, style="--", color="k"):
@@ -87,7 +92,7 @@ def layers(ds: xr.Dataset):
     fig, axes = _axes("Layers", "", ncols=len(panels))
     for ax, name in zip(axes, panels):
         dim = ds[name].dims[1]
-        cmap = plt.get_cmap("viridis", max(ds.sizes[dim], 2))
+        cmap = matplotlib.colormaps["viridis"].resampled(max(ds.sizes[dim], 2))
         for i, k in enumerate(ds[dim].values):
             ax.plot(ds.time, ds[name].sel({dim: k}), color=cmap(i), lw=1, label=f"{dim} {k}")
         ax.set_ylabel({"singular_values": "σ_k (top singular value)", "alignment": "⟨v_{k+1}, u_k⟩²"}[name])
@@ -131,6 +136,5 @@ def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:
         path = os.path.join(os.fspath(folder), f"{name}.png")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
         written.append(path)
     return written
