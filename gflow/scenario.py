@@ -156,11 +156,18 @@ class Record(_Strict):
 
 
 class Descent(_Strict):
-    """GD from the same initialization, at these step sizes (theory.md §3)."""
+    """GD from the same initialization, at these step sizes (theory.md §3).
+
+    `reps` and `gf` are read by `gflow sweep`: `reps` runs seeds seed, seed+1, …
+    (one count, or one per step size as in the paper's 80 repetitions at η = 0.2);
+    `gf` adds the gradient-flow point η → 0 from every initialization.
+    """
 
     step_sizes: Annotated[list[PositiveFinite], Field(min_length=1)]
     steps: PositiveInt | list[PositiveInt]
     seeds: list[int] | None = None
+    reps: PositiveInt | list[PositiveInt] | None = None
+    gf: bool = True
     record_every: PositiveInt | None = None
     observables: list[str] = ["risk", "excess_risk", "distance_to_pi_star"]
 
@@ -168,6 +175,10 @@ class Descent(_Strict):
     def _lengths(self):
         if isinstance(self.steps, list) and len(self.steps) != len(self.step_sizes):
             raise ValueError("steps must be one number or one per step size")
+        if isinstance(self.reps, list) and len(self.reps) != len(self.step_sizes):
+            raise ValueError("reps must be one number or one per step size")
+        if self.reps is not None and self.seeds is not None:
+            raise ValueError("give seeds (explicit) or reps (a count), not both")
         unknown = [n for n in self.observables if n not in obs.REGISTRY]
         if unknown:
             raise ValueError(f"unknown observable(s) {unknown}")
