@@ -38,27 +38,9 @@ DEFAULT_OBSERVABLES = ("risk", "excess_risk", "distance_to_pi_star")
 # --- the pure core -----------------------------------------------------------------------
 
 
-_UNROLL_UP_TO = 64
-
-
-def _end_to_end(model: DeepLinear):
-    """w = W_1ᵀ ⋯ W_Lᵀ p with the layer loop unrolled (up to 64 layers).
-
-    Inside the step scan this is ~25% faster than the `lax.scan` of `models.end_to_end`
-    (no nested loop to differentiate through); deep networks keep the scan.
-    """
-    blocks = model.weight_blocks()
-    if sum(b.shape[0] for b in blocks) > _UNROLL_UP_TO:
-        return end_to_end(model)
-    r = model.p
-    for b in reversed(blocks):
-        for i in reversed(range(b.shape[0])):
-            r = b[i].T @ r
-    return r
-
-
 def _excess(params, static, problem):
-    return problem.excess_risk(_end_to_end(eqx.combine(params, static)))
+    model = eqx.combine(params, static)
+    return problem.excess_risk(end_to_end(model, unroll=model.depth <= 64))
 
 
 def _sharpness(params, static, problem, lanczos_steps):
