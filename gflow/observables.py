@@ -86,14 +86,23 @@ def risk_gradient(model: DeepLinear, problem: Problem):
     return jax.grad(lambda q: problem.risk(end_to_end(eqx.combine(q, static))))(params)
 
 
-def squared_norm(tree) -> jax.Array:
-    """Σ of squared entries over a pytree, scaled first so it neither under- nor overflows."""
+def squared_norm(tree, log: bool = False) -> jax.Array:
+    """Σ of squared entries over a pytree, scaled first so it neither under- nor overflows.
+
+    The entries are divided by their largest modulus m before squaring, so the sum is
+    exact to round-off; only the result m²·Σ may underflow (‖∇R‖ ~ 1e-170 on a deep
+    plateau). With `log=True` the natural log 2·log m + log Σ is returned instead, which
+    never underflows (−inf for an all-zero tree).
+    """
     leaves = [x for x in jax.tree.leaves(tree) if x is not None]
     if not leaves:
-        return jnp.array(0.0)
+        return jnp.array(-jnp.inf if log else 0.0)
     scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
     safe = jnp.where(scale > 0, scale, 1.0)
-    return safe**2 * sum(jnp.sum((x / safe) ** 2) for x in leaves)
+    scaled = sum(jnp.sum((x / safe) ** 2) for x in leaves)
+    if log:
+        return jnp.where(scale > 0, 2 * jnp.log(safe) + jnp.log(scaled), -jnp.inf)
+    return safe**2 * scaled
 
 
 def per_layer(fn: Callable, model: DeepLinear) -> jax.Array:
@@ -160,14 +169,19 @@ def grad_norm_sq(model, problem):
 
 @register("pl_ratio")
 def pl_ratio(model, problem):
-    """‖∇R‖² / (R − R_min), the Polyak–Łojasiewicz ratio."""
-    return grad_norm_sq(model, problem) / excess_risk(model, problem)
+    """‖∇R‖² / (R − R_min), the Polyak–Łojasiewicz ratio.
+
+    Formed in logs, so it stays finite where ‖∇R‖² alone would underflow but the ratio
+    does not (e.g. ‖∇R‖² ~ 1e-320 against R − R_min ~ 1e-300 near a minimizer).
+    """
+    log_g2 = squared_norm(risk_gradient(model, problem), log=True)
+    return jnp.exp(log_g2 - jnp.log(excess_risk(model, problem)))
 
 
 @register("pl_lower_bound")
 def pl_lower_bound(model, problem):
     """4 λ ‖pᵀ W_L ⋯ W_2‖², a pointwise lower bound on the PL ratio (theory.md §4)."""
-    return 4.0 * problem.lam * squared_norm(row_product(model, skip=1))
+    return jnp.exp(jnp.log(4.0 * problem.lam) + squared_norm(row_product(model, skip=1), log=True))
 
 
 @register("sharpness")
