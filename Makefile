@@ -24,5 +24,12 @@ test: setup
 bench: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
+# `make paper`: every experiment of the paper (scenarios/paper/*.toml) → runs/paper/<name>/
+# (sweep.nc, runs.csv, figures/); an interrupted `make paper` resumes where it stopped.
+# On a local Dask cluster: make paper PAPER_FLAGS="--workers 2".
+PAPER_FLAGS ?=
+paper: setup
+	for s in scenarios/paper/*.toml; do $(BIN)/gflow sweep $$s --out runs/paper/$$(basename $$s .toml) $(PAPER_FLAGS) || exit 1; done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,96 @@
+"""Time the paper's experiments (scenarios/paper/*.toml) and one configuration both ways.
+
+1. The whole set: `gflow sweep` on every scenario of scenarios/paper/, each in a fresh
+   process (compilation included, no persistent compilation cache), at the paper's sizes,
+   step sizes, steps and repetition counts. The authors quote about 3 hours on a laptop CPU.
+2. One configuration of the paper (MLP n = 50, d = 5, L = 10, scale 0.35, η = 0.02,
+   10,000 steps, sharpness by 20 power iterations every 5 steps) timed in this process:
+   - the authors' way: a Python loop of jitted GD steps with the power method every 5
+     steps (`bench_descent.baseline_seconds_per_run`, run on all 10,000 steps);
+   - gflow: `descent.run` computing the same sharpness record every 5 steps (Lanczos,
+     inside the compiled scan), and computing what the authors keep (the final sharpness);
+     one run, and per run of the paper's 20-repetition batch.
+   float64 throughout (the authors' code runs float32).
+
+    python benchmarks/bench_paper.py            # both parts (the set takes minutes)
+    python benchmarks/bench_paper.py --one      # part 2 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_descent import baseline_seconds_per_run  # noqa: E402
+
+from gflow import descent, models, problem  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTHORS_SECONDS = 3 * 3600
+
+
+def whole_set():
+    files = sorted(glob.glob(os.path.join(ROOT, "scenarios", "paper", "*.toml")))
+    gflow = os.path.join(os.path.dirname(sys.executable), "gflow")
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            name = os.path.splitext(os.path.basename(path))[0]
+            start = time.perf_counter()
+            subprocess.run([gflow, "sweep", path, "--out", os.path.join(tmp, name), "--quiet"], check=True)
+            seconds = time.perf_counter() - start
+            total += seconds
+            print(f"{name:22s} {seconds:7.1f} s")
+    print(f"{'whole paper set':22s} {total:7.1f} s  (authors: ~{AUTHORS_SECONDS} s; ratio {AUTHORS_SECONDS / total:.0f}x)")
+
+
+def one_configuration():
+    eta, steps, scale = 0.02, 10_000, 0.35
+    prob = problem.gaussian(50, 5, seed=0)
+    nets = [models.mlp(jax.random.key(s), models.mlp_widths(5, 10, 5), scale) for s in range(20)]
+
+    baseline = baseline_seconds_per_run(nets[0], prob, eta, steps, steps)
+    print(f"authors' loop (jitted step, 20 power iterations every 5 steps): {baseline:.2f} s per run")
+
+    def timed(models_, **kw):
+        start = time.perf_counter()
+        descent.run(models_, prob, [eta], steps, **kw)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        descent.run(models_, prob, [eta], steps, **kw)
+        return cold, time.perf_counter() - start
+
+    same = dict(record_every=5, observables=("sharpness",), final_sharpness=True)
+    kept = dict(observables=(), final_sharpness=True)
+    rows = [
+        ("gflow, sharpness every 5 steps, 1 run", timed(nets[0], **same), 1),
+        ("gflow, sharpness every 5 steps, 20 runs", timed(nets, **same), 20),
+        ("gflow, final sharpness (what is kept), 1 run", timed(nets[0], **kept), 1),
+        ("gflow, final sharpness (what is kept), 20 runs", timed(nets, **kept), 20),
+    ]
+    for label, (cold, warm), n in rows:
+        print(f"{label:48s} {warm / n:8.4f} s per run compiled ({cold:.2f} s for the call with compilation); "
+              f"ratio {baseline * n / warm:6.0f}x compiled, {baseline * n / cold:5.1f}x with compilation")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", action="store_true", help="only the one-configuration comparison")
+    args = parser.parse_args()
+    one_configuration()
+    if not args.one:
+        whole_set()
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
