@@ -166,14 +166,7 @@ def _integrate(params, static, problem, initial, ts, stop, options: _Numerics, o
     """Plain-clock solve over [t0, t1] (default [ts[0], ts[-1]]), observables at `ts` and t1."""
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
-    save = lambda t, y, args: _observe(observables, y, args)  # noqa: E731
-    saveat = diffrax.SaveAt(
-        subs=[
-            diffrax.SubSaveAt(ts=ts, fn=save),
-            diffrax.SubSaveAt(t1=True, fn=save),
-            diffrax.SubSaveAt(t1=True),
-        ]
-    )
+    saveat = _saveat(ts, lambda t, y, args: _observe(observables, y, args))
     return _diffeqsolve(params, static, problem, initial, t0, t1, saveat, stop, options)
 
 
@@ -281,14 +274,7 @@ def _integrate_plateau(params, static, problem, initial, grid, clock, stop, opti
     def horizon(t, y, args, **kwargs):
         return y[1] - u_max
 
-    save = lambda s, y, args: (_observe(observables, y[0], args[:3]), y[1])  # noqa: E731
-    saveat = diffrax.SaveAt(
-        subs=[
-            diffrax.SubSaveAt(ts=grid, fn=save),
-            diffrax.SubSaveAt(t1=True, fn=save),
-            diffrax.SubSaveAt(t1=True),
-        ]
-    )
+    saveat = _saveat(grid, lambda s, y, args: (_observe(observables, y[0], args[:3]), y[1]))
     return diffrax.diffeqsolve(
         diffrax.ODETerm(plateau_field),
         SOLVERS[options.solver](),
@@ -348,15 +334,22 @@ def _stats(sol) -> dict[str, int]:
     return {k: int(sol.stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
 
 
-def _trim(t_saved, t_end, at_ts, at_end):
-    """Save slots past the end of the solve are inf (diffrax): drop them, append t1."""
-    keep = np.isfinite(t_saved) & (t_saved <= t_end)
-    times = t_saved[keep]
-    values = jax.tree.map(lambda v: v[keep], at_ts)
-    if times.size == 0 or t_end > times[-1]:
-        times = np.append(times, t_end)
-        values = jax.tree.map(lambda v, e: np.concatenate([v, e]), values, at_end)
-    return times, values
+def _saveat(grid, save):
+    """`save` at the times `grid` and at the end (one sub, so the observables are traced and
+    compiled once), plus the final state itself."""
+    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=grid, t1=True, fn=save), diffrax.SubSaveAt(t1=True)])
+
+
+def _trim(t_saved, saved):
+    """The saves of [`_saveat`][] that happened, in order.
+
+    Diffrax writes the end of the solve right after the last save time reached and fills the
+    slots after it with inf (issues 335, 387): keep the finite ones, and drop a save time
+    equal to the end, which would repeat it.
+    """
+    keep = np.isfinite(t_saved)
+    keep[:-1] &= ~(keep[1:] & (t_saved[:-1] == t_saved[1:]))
+    return t_saved[keep], jax.tree.map(lambda v: v[keep], saved)
 
 
 def _solve_arclength(params, static, problem, model, options: FlowOptions, observables):
@@ -382,7 +375,7 @@ def _solve_arclength(params, static, problem, model, options: FlowOptions, obser
     # save point lies at σ_max, past the end (the same compiled solve as pass 2).
     first = _integrate_plateau(params, static, problem, model, jnp.full(n1, clock[2]), clock, stop, rough, observables)
     s_end = float(np.asarray(first.ts[1])[0])
-    u_end = float(np.asarray(first.ys[2][1])[0])
+    u_end = float(np.asarray(first.ys[1][1])[0])
     escaped = bool(first.result == diffrax.RESULTS.event_occurred) and bool(np.asarray(first.event_mask[0]))
     # Save points in σ: half evenly in σ ≈ log(1 + t/t_c) over the plateau, half along the
     # arc of the escape, σ ∈ [u_end, s_end] (arc length s_end − u_end).
@@ -400,10 +393,9 @@ def _solve_arclength(params, static, problem, model, options: FlowOptions, obser
 
     # Phase 1, pass 2 (the run itself, at the requested tolerance): record on the grid.
     sol1 = _integrate_plateau(params, static, problem, model, jnp.asarray(grid), clock, stop, numerics, observables)
-    (obs_ts, u_ts), (obs_end, u_end_saved), (final1, u_fin) = (jax.tree.map(np.asarray, y) for y in sol1.ys)
-    s_saved = np.asarray(sol1.ts[0])
+    (obs_saved, u_saved), (final1, u_fin) = (jax.tree.map(np.asarray, y) for y in sol1.ys)
     s_fin = float(np.asarray(sol1.ts[1])[0])
-    _, values = _trim(s_saved, s_fin, {"obs": obs_ts, "u": u_ts}, {"obs": obs_end, "u": u_end_saved})
+    _, values = _trim(np.asarray(sol1.ts[0]), {"obs": obs_saved, "u": u_saved})
     t_local = t_c * np.expm1(values["u"])
     t_offset = np.zeros_like(t_local)
     values = values["obs"]
@@ -445,9 +437,9 @@ def _solve_arclength(params, static, problem, model, options: FlowOptions, obser
             t_end_local = horizon
         ts2 = np.geomspace(t_end_local * 1e-4, t_end_local, n2) if n2 > 1 else np.array([t_end_local])
         sol2 = _integrate(final, static, problem, model, jnp.asarray(ts2), stop, numerics, observables, zero, h)
-        at_ts, at_end, final2 = (jax.tree.map(np.asarray, y) for y in sol2.ys)
+        saved, final2 = (jax.tree.map(np.asarray, y) for y in sol2.ys)
         t_end_local = float(np.asarray(sol2.ts[1])[0])
-        times2, values2 = _trim(np.asarray(sol2.ts[0]), t_end_local, at_ts, at_end)
+        times2, values2 = _trim(np.asarray(sol2.ts[0]), saved)
         values = {k: np.concatenate([values[k], values2[k]]) for k in values}
         t_local = np.concatenate([t_local, times2])
         t_offset = np.concatenate([t_offset, np.full(times2.shape, t_switch)])
@@ -518,9 +510,9 @@ def solve(
         stop = jnp.asarray(options.stop_at_excess_risk)
         sol = _integrate(params, static, problem, model, ts, stop, _numerics(options), observables)
         jax.block_until_ready(sol.ys)
-        at_ts, at_end, final_params = (jax.tree.map(np.asarray, s) for s in sol.ys)
+        saved, final_params = (jax.tree.map(np.asarray, s) for s in sol.ys)
         t_end = float(np.asarray(sol.ts[1])[0])
-        times, values = _trim(np.asarray(sol.ts[0]), t_end, at_ts, at_end)
+        times, values = _trim(np.asarray(sol.ts[0]), saved)
         final_params = jax.tree.map(lambda x: jnp.asarray(x[0]), final_params)
         status = _status(sol.result, {k: v[-1] for k, v in values.items()})
         stats = _stats(sol)

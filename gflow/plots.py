@@ -1,12 +1,16 @@
 """Figures of a gradient-flow trajectory, each observable next to its theoretical line.
 
-Every function takes a trajectory Dataset and returns a matplotlib Figure; time is on a
-log axis (plateaus span decades), so the point t = 0 is left out. [`save_figures`][]
-writes the ones whose observables were recorded.
+Every function takes a trajectory Dataset and returns a matplotlib Figure, made without
+pyplot (no global state, any backend). Time is on a log axis (plateaus span decades), so
+t = 0 is left out. A run that switched clocks (`clock = "arclength"`) gets a second panel
+over t − t_switch, where the escape and convergence happen (in absolute time they are all
+at t_switch to float64 precision). [`save_figures`][] writes those whose observables were
+recorded.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
@@ -18,25 +22,32 @@ from .trajectory import atomic_path
 
 
 def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
-    """A Figure with `ncols` axes, made without pyplot: no global state, any backend."""
+    """A Figure with `ncols` axes side by side."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _positive_time(ds: xr.Dataset) -> xr.Dataset:
-    return ds.isel(time=ds.time.values > 0)
+def _switched(ds: xr.Dataset) -> bool:
+    t_switch = ds.attrs.get("t_switch", math.nan)
+    return "t_offset" in ds and np.isfinite(t_switch) and bool(np.any(ds.t_offset.values > 0))
 
 
-def _axes(title: str, ylabel: str, ncols: int = 1):
-    fig, axes = new_figure(ncols)
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("time t")
+def panels(ds: xr.Dataset, title: str, ylabel: str, draw, yscale: str = "log"):
+    """A figure of `draw(ax, ds_part, t)` over log t, plus t − t_switch after a clock switch."""
+    parts = [(ds.isel(time=ds.time.values > 0), "time", "time t")]
+    if _switched(ds):
+        after = ds.isel(time=(ds.t_offset.values > 0) & (ds.t_local.values > 0))
+        parts.append((after, "t_local", f"t − t_switch  (t_switch = {ds.attrs['t_switch']:.3g})"))
+    fig, axes = new_figure(len(parts))
+    for ax, (part, clock, xlabel) in zip(axes, parts):
+        draw(ax, part, part[clock].values)
+        ax.set(xscale="log", yscale=yscale, xlabel=xlabel)
         ax.grid(True, which="major", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title)
-    return fig, axes
+    return fig
 
 
 def _hline(ax, value, label, style="--", color="k"):
@@ -45,17 +56,12 @@ def _hline(ax, value, label, style="--", color="k"):
 
 
 def risk(ds: xr.Dataset):
-    """Risk and excess risk R − R_min over time."""
-    ds = _positive_time(ds)
-    fig, (ax1, ax2) = _axes("Risk", "R(W(t))", ncols=2)
-    ax1.plot(ds.time, ds.risk, label="R")
-    _hline(ax1, ds.attrs["R_min"], "R_min")
-    ax2.plot(ds.time, ds.excess_risk, color="C1", label="R − R_min")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("R − R_min")
-    for ax in (ax1, ax2):
-        ax.legend()
-    return fig
+    """Excess risk R − R_min over time."""
+
+    def draw(ax, part, t):
+        ax.plot(t, part.excess_risk, label="R − R_min")
+
+    return panels(ds, "Excess risk", "R(W(t)) − R_min", draw)
 
 
 def sharpness(ds: xr.Dataset):
@@ -63,78 +69,81 @@ def sharpness(ds: xr.Dataset):
     from . import theory
 
     b = theory.bounds_from_attrs(ds.attrs)
-    ds = _positive_time(ds)
-    fig, (ax,) = _axes("Sharpness (top Hessian eigenvalue)", "S(W(t))")
-    ax.plot(ds.time, ds.sharpness, label="S(W(t))")
-    _hline(ax, b.get("S_lower"), "S_lower = 2cLa", "--", "C3")
-    _hline(ax, b.get("S_upper"), "S_upper", ":", "C3")
-    ax.set_yscale("log")
-    ax.legend()
-    return fig
+
+    def draw(ax, part, t):
+        ax.plot(t, part.sharpness, label="S(W(t))")
+        _hline(ax, b.get("S_lower"), "S_lower = 2cLa", "--", "C3")
+        _hline(ax, b.get("S_upper"), "S_upper", ":", "C3")
+
+    return panels(ds, "Sharpness (top Hessian eigenvalue)", "S(W(t))", draw)
 
 
 def pl(ds: xr.Dataset):
     """PL ratio ‖∇R‖²/(R − R_min) with its pointwise lower bound 4λ‖pᵀW_L⋯W_2‖²."""
-    ds = _positive_time(ds)
-    fig, (ax,) = _axes("Polyak–Łojasiewicz ratio", "‖∇R‖² / (R − R_min)")
-    ax.plot(ds.time, ds.pl_ratio, label="PL ratio")
-    if "pl_lower_bound" in ds:
-        ax.plot(ds.time, ds.pl_lower_bound, "--", color="C3", label="4λ‖pᵀW_L⋯W_2‖² (lower bound)")
-    ax.set_yscale("log")
-    ax.legend()
-    return fig
+
+    def draw(ax, part, t):
+        ax.plot(t, part.pl_ratio, label="PL ratio")
+        if "pl_lower_bound" in part:
+            ax.plot(t, part.pl_lower_bound, "--", color="C3", label="4λ‖pᵀW_L⋯W_2‖² (lower bound)")
+
+    return panels(ds, "Polyak–Łojasiewicz ratio", "‖∇R‖² / (R − R_min)", draw)
 
 
-def layers(ds: xr.Dataset):
-    """Top singular value of each layer, and the alignment ⟨v_{k+1}, u_k⟩² of each interface."""
-    ds = _positive_time(ds)
-    panels = [n for n in ("singular_values", "alignment") if n in ds]
-    fig, axes = _axes("Layers", "", ncols=len(panels))
-    for ax, name in zip(axes, panels):
+def _per_index(name: str, ylabel: str, title: str, yscale: str = "linear", transform=lambda v: v):
+    """A figure with one line per layer (or interface) of `transform(observable name)`."""
+
+    def make(ds: xr.Dataset):
         dim = ds[name].dims[1]
         cmap = matplotlib.colormaps["viridis"].resampled(max(ds.sizes[dim], 2))
-        for i, k in enumerate(ds[dim].values):
-            ax.plot(ds.time, ds[name].sel({dim: k}), color=cmap(i), lw=1, label=f"{dim} {k}")
-        ax.set_ylabel({"singular_values": "σ_k (top singular value)", "alignment": "⟨v_{k+1}, u_k⟩²"}[name])
-        if ds.sizes[dim] <= 10:
-            ax.legend(fontsize="small")
-    return fig
+
+        def draw(ax, part, t):
+            for i, k in enumerate(part[dim].values):
+                label = f"{dim} {k}" if part.sizes[dim] <= 10 else None
+                ax.plot(t, transform(part[name].sel({dim: k})), color=cmap(i), lw=1, label=label)
+
+        return panels(ds, title, ylabel, draw, yscale)
+
+    make.__doc__ = f"{title}: one line per {name} index."
+    return make
+
+
+singular_values = _per_index("singular_values", "σ_k (top singular value)", "Top singular value of each layer")
+alignment = _per_index(
+    "alignment", "1 − ⟨v_{k+1}, u_k⟩²", "Misalignment of consecutive layers", "log", lambda v: 1 - v
+)
+rank_one_gap = _per_index("rank_one_gap", "‖W_k‖_F² − ‖W_k‖_2²", "Distance to rank one", "log")
 
 
 def conservation(ds: xr.Dataset):
     """Drift of the conserved quantities W_{k+1}ᵀW_{k+1} − W_kW_kᵀ (zero along exact GF)."""
-    ds = _positive_time(ds)
-    fig, (ax,) = _axes("Conserved quantities", "max_k ‖D_k(t) − D_k(0)‖_F")
-    ax.plot(ds.time, ds.balance_drift.max("interface"))
-    ax.set_yscale("log")
-    return fig
+
+    def draw(ax, part, t):
+        ax.plot(t, part.balance_drift.max("interface"))
+
+    return panels(ds, "Conserved quantities", "max_k ‖D_k(t) − D_k(0)‖_F", draw)
 
 
 FIGURES = {
-    "risk": (risk, ("risk", "excess_risk")),
-    "sharpness": (sharpness, ("sharpness",)),
-    "pl_ratio": (pl, ("pl_ratio",)),
-    "layers": (layers, ("singular_values",)),
-    "alignment": (layers, ("alignment",)),
-    "conservation": (conservation, ("balance_drift",)),
+    "risk": (risk, "excess_risk"),
+    "sharpness": (sharpness, "sharpness"),
+    "pl_ratio": (pl, "pl_ratio"),
+    "singular_values": (singular_values, "singular_values"),
+    "alignment": (alignment, "alignment"),
+    "rank_one_gap": (rank_one_gap, "rank_one_gap"),
+    "conservation": (conservation, "balance_drift"),
 }
+"""File stem → (figure function, the observable it needs)."""
 
 
 def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:
-    """Write figures/NAME.png for each figure whose observables are in `ds`."""
+    """Write `folder/NAME.png` for each figure whose observable is in `ds` (atomically)."""
     os.makedirs(folder, exist_ok=True)
-    written, done = [], set()
+    written = []
     for name, (make, needs) in FIGURES.items():
-        if make in done or not all(n in ds for n in needs):
+        if needs not in ds or (ds[needs].ndim > 1 and ds[needs].shape[1] == 0):
             continue
-        if name == "alignment" and "singular_values" in ds:
-            continue  # the layers figure already shows it
-        if name == "conservation" and ds.sizes.get("interface", 0) == 0:
-            continue
-        done.add(make)
-        fig = make(ds)
         path = os.path.join(os.fspath(folder), f"{name}.png")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            make(ds).savefig(tmp, dpi=110, format="png")
         written.append(path)
     return written

@@ -133,6 +133,8 @@ class Flow(_Strict):
     spacing: Literal["log", "linear"] = "log"
     stop_at_excess_risk: Annotated[FiniteFloat, Field(ge=0)] = 1e-12
     max_steps: PositiveInt = 100_000
+    clock: Literal["auto", "plain", "arclength"] = "auto"
+    switch_at: Annotated[FiniteFloat, Field(gt=0, lt=1)] = 0.5
 
     @pydantic.model_validator(mode="after")
     def _coherent(self):

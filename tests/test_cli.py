@@ -30,7 +30,7 @@ def test_run_writes_a_complete_folder(tmp_path):
     assert "run folder" in proc.stdout and "converged" in proc.stderr
     for name in ("scenario.toml", "trajectory.nc", "summary.md", "checks.md", "checks.json"):
         assert (out / name).is_file(), name
-    for fig in ("risk", "sharpness", "pl_ratio", "layers", "conservation"):
+    for fig in ("risk", "sharpness", "pl_ratio", "singular_values", "alignment", "rank_one_gap", "conservation"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000, fig
     ds = trajectory.load(out / "trajectory.nc")
     assert ds.attrs["status"] == "converged"
