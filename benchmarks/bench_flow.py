@@ -30,9 +30,11 @@ def timed(fn, repeat=5):
 
 def main():
     prob = problem.gaussian(50, 5, seed=0)
-    opts = gflow.FlowOptions(rtol=1e-8, atol=1e-10, t_max=1e4, saves=200, t_first=1e-3, stop_at_excess_risk=0.0)
+    # Saves log-spaced over [1e-3, 7.5]: GF converges (excess risk 1e-13) at t ≈ 7.8, so all
+    # 200 save times are inside the solve. Past convergence an explicit solver is held back
+    # by stability (S ≈ 33), which is why runs stop on the excess-risk event.
+    opts = gflow.FlowOptions(rtol=1e-8, atol=1e-10, t_max=7.5, saves=200, t_first=1e-3, stop_at_excess_risk=1e-13)
     model = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), 0.35)
-    rows = []
     first_all, all_obs = timed(lambda: gflow.solve(model, prob, opts, observables.DEFAULT))
     first_bare, bare = timed(lambda: gflow.solve(model, prob, opts, ("risk",)))
     ds = gflow.solve(model, prob, opts, observables.DEFAULT)
@@ -42,7 +44,7 @@ def main():
     print(f"  ratio all / risk only:             {all_obs / bare:8.2f}x")
     for kind in ("mlp", "residual"):
         if kind == "mlp":
-            m40 = models.mlp(jax.random.key(0), models.mlp_widths(5, 40, 5), 0.6)
+            m40 = models.mlp(jax.random.key(0), models.mlp_widths(5, 40, 5), 0.4)
         else:
             m40 = models.residual(jax.random.key(0), 5, 40, 0.5)
         o40 = gflow.FlowOptions(t_max=1e4, saves=200)
@@ -50,7 +52,6 @@ def main():
         ds = gflow.solve(m40, prob, o40, observables.DEFAULT)
         print(f"L=40 {kind:8s}: compile+first run {first:6.2f} s (target compile <= 10 s), "
               f"run {best * 1e3:7.1f} ms, {ds.attrs['num_steps']} steps, {ds.attrs['status']}")
-    return rows
 
 
 if __name__ == "__main__":
