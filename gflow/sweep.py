@@ -553,13 +553,18 @@ class _ImportGflow(WorkerPlugin):
             compilation_cache(self.cache_dir)
 
 
-def compilation_cache(path: str | None = None) -> str:
-    """Turn on JAX's persistent compilation cache (default `$GFLOW_JAX_CACHE`, else
-    ~/.cache/gflow/jax): the processes of `make paper` and the Dask workers compile each
-    program once. Used by `gflow sweep`; returns the folder."""
+def compilation_cache(path: str | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache, so that the processes of `make paper`
+    and the Dask workers compile each program once. Used by `gflow sweep`.
+
+    The folder is `path`, else `$GFLOW_JAX_CACHE`, else ~/.cache/gflow/jax;
+    `GFLOW_JAX_CACHE=off` leaves the cache off. Returns the folder (None: off).
+    """
     import jax
 
     path = path or os.environ.get("GFLOW_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gflow", "jax")
+    if path == "off":
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path

@@ -49,6 +49,13 @@ def _grid(tmp_path_factory, steps):
     return str(path), trajectory.load(folder / "in_process" / "sweep.nc")
 
 
+
+@pytest.fixture(autouse=True)
+def _no_compilation_cache(monkeypatch):
+    """`gflow sweep` turns JAX's persistent cache on; not inside the test session."""
+    monkeypatch.setenv("GFLOW_JAX_CACHE", "off")
+
+
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     return _grid(tmp_path_factory, 3000)

@@ -27,6 +27,13 @@ def write(tmp_path, text, name="sweep.toml"):
     return str(path)
 
 
+
+@pytest.fixture(autouse=True)
+def _no_compilation_cache(monkeypatch):
+    """`gflow sweep` turns JAX's persistent cache on; not inside the test session."""
+    monkeypatch.setenv("GFLOW_JAX_CACHE", "off")
+
+
 @pytest.fixture(scope="module")
 def mlp_grid(tmp_path_factory):
     """The paper's MLP (n = 50, d = 5, L = 10) at two small scales, four step sizes on both
