@@ -178,10 +178,13 @@ def descent_for_scenario(scenario, problem: Problem, model: DeepLinear) -> xr.Da
     """GD for a scenario's `[descent]` section (step_sizes, steps, seeds, record_every,
     observables), with `distance_to_flow` from a dense GF solve under the scenario's
     `[flow]` options. Without `seeds` GD starts from `model` (labelled with the
-    scenario's seed); with them, from `scenario.build_model(d, seed)` for each seed."""
+    scenario's seed); with them, from `scenario.build_model(d, seed)` for each seed, keeping
+    `model`'s output vector p."""
     sec = scenario.descent
     if sec.seeds:
-        nets, labels = [scenario.build_model(problem.d, s) for s in sec.seeds], list(sec.seeds)
+        # p is fixed, like the data: every seed redraws the weights only (as in the sweeps).
+        nets = [eqx.tree_at(lambda m: m.p, scenario.build_model(problem.d, s), model.p) for s in sec.seeds]
+        labels = list(sec.seeds)
     else:
         nets, labels = [model], [scenario.seed]
     gd = descent.run(nets, problem, sec.step_sizes, sec.steps, record_every=sec.record_every,

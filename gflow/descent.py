@@ -186,6 +186,11 @@ def batch(models: DeepLinear | Sequence[DeepLinear]) -> DeepLinear:
             raise ValueError(
                 f"models[{i}] differs in kind or widths from models[0]; a batch needs equal shapes."
             )
+        if not np.array_equal(np.asarray(m.p), np.asarray(models[0].p)):
+            raise ValueError(
+                f"models[{i}] has another output vector p than models[0]; GD batches share the "
+                "fixed parts of the network, so run networks with different p separately."
+            )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *models)
 
 

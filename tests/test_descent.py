@@ -224,3 +224,10 @@ def test_bad_networks_are_refused(paper_problem, paper_mlp):
         descent.run([], paper_problem, [0.1], 10)
     with pytest.raises(ValueError, match="steps"):
         descent.critical_step_size(paper_mlp, paper_problem, 0)
+
+
+def test_a_batch_refuses_networks_with_different_output_vectors():
+    a = models.residual(jax.random.key(0), 3, 2, 0.1)
+    b = models.residual(jax.random.key(1), 3, 2, 0.1)
+    with pytest.raises(ValueError, match="output vector p"):
+        descent.batch([a, b])
