@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import gflow
 from gflow import descent, models, observables as obs, problem
 
 ETAS = [0.005, 0.02, 0.07, 0.1, 0.2]

@@ -65,7 +65,7 @@ def main():
                                                                           max_steps=20_000), repeats=1))
     model = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), 0.1)
     for clock in ("arclength", "plain"):
-        row(f"L=10 scale 0.1", *timed(model, prob, gflow.FlowOptions(clock=clock, t_max=1e6, saves=100)))
+        row("L=10 scale 0.1", *timed(model, prob, gflow.FlowOptions(clock=clock, t_max=1e6, saves=100)))
 
 
 if __name__ == "__main__":

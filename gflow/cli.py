@@ -68,13 +68,11 @@ def _fail(message: str, status: int = EXIT_BAD_INPUT) -> int:
 
 def _run(args) -> int:
     from . import experiment, theory
+    from . import scenario as scen
 
-    out = args.out
-    if out is None:
-        from . import scenario as scen
-
-        out = experiment.default_folder(scen.load(args.scenario))
-    result = experiment.execute(args.scenario, out, overwrite=args.overwrite, quiet=args.quiet)
+    scenario = scen.load(args.scenario)  # read once: it also names the default folder
+    out = args.out if args.out is not None else experiment.default_folder(scenario)
+    result = experiment.execute(scenario, out, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(theory.format_table(result.checks))
         print(f"run folder: {result.folder}")

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from . import descent, flow, observables as obs, plots, trajectory
+from . import descent, flow, observables as obs, plots
 from .models import DeepLinear, trainable
 from .problem import Problem
 
@@ -178,12 +178,11 @@ def descent_for_scenario(scenario, problem: Problem, model: DeepLinear) -> xr.Da
     """GD for a scenario's `[descent]` section (step_sizes, steps, seeds, record_every,
     observables), with `distance_to_flow` from a dense GF solve under the scenario's
     `[flow]` options. Without `seeds` GD starts from `model` (labelled with the
-    scenario's seed); with them, from `scenario.build_model(d, seed)` for each seed, keeping
-    `model`'s output vector p."""
+    scenario's seed); with them, from `scenario.build_model(d, seed)` for each seed (a residual network's p
+    stays the scenario's)."""
     sec = scenario.descent
     if sec.seeds:
-        # p is fixed, like the data: every seed redraws the weights only (as in the sweeps).
-        nets = [eqx.tree_at(lambda m: m.p, scenario.build_model(problem.d, s), model.p) for s in sec.seeds]
+        nets = [scenario.build_model(problem.d, s) for s in sec.seeds]
         labels = list(sec.seeds)
     else:
         nets, labels = [model], [scenario.seed]
@@ -345,10 +344,4 @@ def figures(gf: xr.Dataset, gd: xr.Dataset) -> dict:
 
 def save_figures(gf: xr.Dataset, gd: xr.Dataset, folder: str | os.PathLike) -> list[str]:
     """Write [`figures`][] as PNG files in `folder` (atomically); returns their paths."""
-    paths = []
-    for name, fig in figures(gf, gd).items():
-        path = os.path.join(os.fspath(folder), f"{name}.png")
-        with trajectory.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        paths.append(path)
-    return paths
+    return plots.write_figures(figures(gf, gd), folder)

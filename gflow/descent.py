@@ -24,8 +24,8 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from . import linalg, observables as obs
-from .models import DeepLinear, Residual, end_to_end, from_layers, trainable
+from . import linalg, observables as obs, trajectory
+from .models import DeepLinear, end_to_end, trainable
 from .problem import Problem
 
 STATUSES = ("converged", "diverged", "stalled", "not_converged")
@@ -44,9 +44,8 @@ def _excess(params, static, problem):
 
 
 def _sharpness(params, static, problem, lanczos_steps):
-    flat, unravel = ravel_pytree(params)
-    f = lambda x: problem.risk(end_to_end(eqx.combine(unravel(x), static)))  # noqa: E731
-    return linalg.top_hessian_eigenvalue(f, flat, lanczos_steps)
+    f, x = obs.flat_risk(eqx.combine(params, static), problem)
+    return linalg.top_hessian_eigenvalue(f, x, lanczos_steps)
 
 
 def descend(
@@ -293,8 +292,6 @@ def run(
     in `attrs` the problem's constants, S_lower, S_upper, η_crit = 2/S_lower, settings and
     wall time.
     """
-    from . import trajectory
-
     etas = _step_sizes(step_sizes)
     step_counts = _per_step_size(steps, etas.size, "steps")
     everies = _per_step_size(record_every, etas.size, "record_every")
@@ -380,8 +377,8 @@ def run(
     data["initial_risk"] = (("seed",), risk0)
     data["initial_sharpness"] = (("seed",), np.asarray(sharp0, np.float64) * np.ones(n_init))
     final_params = jax.tree.map(lambda *xs: np.stack(xs), *[results[i][0] for i in range(etas.size)])
-    data["weights_initial"] = (("seed", "layer", "row", "col"), _weights(eqx.combine(params, static)))
-    data["weights_final"] = (("step_size", "seed", "layer", "row", "col"), _weights(eqx.combine(final_params, static)))
+    data["weights_initial"] = (("seed", "layer", "row", "col"), trajectory.weights_array(eqx.combine(params, static)))
+    data["weights_final"] = (("step_size", "seed", "layer", "row", "col"), trajectory.weights_array(eqx.combine(final_params, static)))
     data["p"] = (("output",), np.asarray(batched.p[0], np.float64))
     data["pi_star"] = (("feature",), np.asarray(problem.pi_star))
 
@@ -429,41 +426,14 @@ def unbatch_first(models: DeepLinear) -> DeepLinear:
     return jax.tree.map(lambda x: x[0], models)
 
 
-def _weights(models) -> np.ndarray:
-    """W_1..W_L of a batch (any number of leading axes) as (..., layer, row, col), NaN-padded."""
-    blocks = [np.asarray(b) for b in _blocks(models)]
-    lead = blocks[0].shape[:-3]
-    rows = max(b.shape[-2] for b in blocks)
-    cols = max(b.shape[-1] for b in blocks)
-    L = sum(b.shape[-3] for b in blocks)
-    out = np.full((*lead, L, rows, cols), np.nan)
-    k = 0
-    for b in blocks:
-        m = b.shape[-3]
-        out[..., k : k + m, : b.shape[-2], : b.shape[-1]] = b
-        k += m
-    return out
-
-
-def _blocks(models):
-    if isinstance(models, Residual):
-        return (models.V + np.eye(models.V.shape[-1]),)
-    return models.blocks
-
-
 def model_from(ds: xr.Dataset, step_size: float | None = None, seed=None, which: str = "final") -> DeepLinear:
     """Rebuild one network of a GD Dataset: the final one of run (`step_size`, `seed`), or
     the initial one of `seed` (`which="initial"`). `None` picks the first."""
-    import json
-
-    widths = json.loads(ds.attrs["widths"])
     W = ds[f"weights_{which}"]
     W = W.sel(seed=seed) if seed is not None else W.isel(seed=0)
     if which == "final":
         W = W.sel(step_size=step_size) if step_size is not None else W.isel(step_size=0)
-    W = W.values
-    layers = [W[k, : widths[k + 1], : widths[k]] for k in range(len(widths) - 1)]
-    return from_layers(layers, ds["p"].values, ds.attrs["kind"])
+    return trajectory.network(W.values, ds)
 
 
 # --- critical step size -------------------------------------------------------------------

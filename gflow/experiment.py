@@ -164,23 +164,12 @@ def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str)
             from . import compare
 
             figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
-        _replace_folder(tmp, out)
+        trajectory.replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     figures = [os.path.join(out, os.path.relpath(p, tmp)) for p in figures]
     return out, figures
-
-
-def _replace_folder(new: str, target: str):
-    """Put folder `new` at `target`, replacing an old one only once the new one is complete."""
-    if os.path.exists(target):
-        trash = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(target)), prefix=".old-")
-        os.replace(target, os.path.join(trash, "old"))
-        os.replace(new, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:

@@ -174,14 +174,18 @@ def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float) -> MLP:
     return MLP(blocks=stack_layers(layers), p=jnp.ones(1))
 
 
-def residual(key: PRNGKeyArray, d: int, depth: int, s: float, p: Array | None = None) -> Residual:
+def residual(
+    key: PRNGKeyArray, d: int, depth: int, s: float, p: Array | None = None, p_key: PRNGKeyArray | None = None
+) -> Residual:
     """Residual initialization W_k(0) = I + (s/√(L d)) N_k (theory.md §5).
 
-    `p` defaults to a random unit vector drawn from `key`, as in the paper's code.
+    `p` defaults to a random unit vector, as in the paper's code, drawn from `p_key`
+    (default `key`): repetitions that share `p_key` share p, like they share the data.
     """
     if int(d) < 1 or int(depth) < 1:
         raise ShapeError(f"a residual network needs d ≥ 1 and depth ≥ 1; got d={d}, depth={depth}.")
-    kp, kv = jax.random.split(key)
+    kv = jax.random.split(key)[1]
+    kp = jax.random.split(key if p_key is None else p_key)[0]
     if p is None:
         p = jax.random.normal(kp, (d,), jnp.float64)
         p = p / jnp.linalg.norm(p)

@@ -135,15 +135,23 @@ FIGURES = {
 """File stem → (figure function, the observable it needs)."""
 
 
-def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:
-    """Write `folder/NAME.png` for each figure whose observable is in `ds` (atomically)."""
+def write_figures(figures: dict, folder: str | os.PathLike) -> list[str]:
+    """Write each Figure of `{stem: Figure}` to `folder/stem.png` (atomically); their paths."""
     os.makedirs(folder, exist_ok=True)
-    written = []
-    for name, (make, needs) in FIGURES.items():
-        if needs not in ds or (ds[needs].ndim > 1 and ds[needs].shape[1] == 0):
-            continue
+    paths = []
+    for name, fig in figures.items():
         path = os.path.join(os.fspath(folder), f"{name}.png")
         with atomic_path(path) as tmp:
-            make(ds).savefig(tmp, dpi=110, format="png")
-        written.append(path)
-    return written
+            fig.savefig(tmp, dpi=110, format="png")
+        paths.append(path)
+    return paths
+
+
+def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:
+    """Write `folder/NAME.png` for each figure whose observable is in `ds`."""
+    recorded = {
+        name: make(ds)
+        for name, (make, needs) in FIGURES.items()
+        if needs in ds and not (ds[needs].ndim > 1 and ds[needs].shape[1] == 0)
+    }
+    return write_figures(recorded, folder)

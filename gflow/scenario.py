@@ -225,7 +225,8 @@ class Scenario(_Strict):
             widths = models.mlp_widths(d, m.depth, m.width if m.width is not None else d)
             model = models.mlp(key, widths, m.init.scale)
         else:
-            model = models.residual(key, d, m.depth, m.init.s, p=m.p)
+            # p is drawn from the scenario's own seed: other seeds redraw V only
+            model = models.residual(key, d, m.depth, m.init.s, p=m.p, p_key=jax.random.key(self.seed))
         if model.widths[0] != d:
             raise ShapeError(f"the network takes inputs of size {model.widths[0]} but the data has d = {d}")
         return model

@@ -40,13 +40,11 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import equinox as eqx
 import matplotlib
 import numpy as np
 import xarray as xr
@@ -309,13 +307,9 @@ def run_chunk(spec: ChunkSpec) -> xr.Dataset:
 
 
 def _networks(point: scen.Scenario, d: int, seeds: Sequence[int]) -> dict:
-    """The initializations of a point, one per seed; a residual network keeps the p of the
-    scenario's own seed (fixed across repetitions, like the data)."""
-    nets = {s: point.build_model(d, s) for s in seeds}
-    if point.model.kind == "residual" and point.model.p is None:
-        p = point.build_model(d).p
-        nets = {s: eqx.tree_at(lambda m: m.p, net, p) for s, net in nets.items()}
-    return nets
+    """The initializations of a point, one per seed (a residual network's p comes from the
+    scenario's own seed, fixed across repetitions like the data: `Scenario.build_model`)."""
+    return {s: point.build_model(d, s) for s in seeds}
 
 
 def _gf_point(points, nets, prob, seeds, gd_observables, flow) -> dict:
@@ -462,7 +456,7 @@ def run(
         if os.path.exists(folder) and not overwrite and not os.path.isdir(chunk_dir):
             raise OutputExistsError(f"{folder}: exists and is not a sweep folder (use --overwrite to replace it)")
         if overwrite and os.path.exists(folder):
-            _remove(folder)
+            trajectory.remove_folder(folder)
         os.makedirs(chunk_dir, exist_ok=True)
         if scenario.source is not None:
             with trajectory.atomic_path(os.path.join(folder, "scenario.toml")) as tmp:
@@ -568,12 +562,6 @@ def compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
-
-
-def _remove(folder: str):
-    trash = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(folder)), prefix=".old-")
-    os.replace(folder, os.path.join(trash, "old"))
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -858,10 +846,4 @@ def figures(ds: xr.Dataset) -> dict:
 
 def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:
     """Write [`figures`][] as PNG files in `folder` (atomically); returns their paths."""
-    paths = []
-    for name, fig in figures(ds).items():
-        path = os.path.join(os.fspath(folder), f"{name}.png")
-        with trajectory.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        paths.append(path)
-    return paths
+    return plots.write_figures(figures(ds), folder)

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import linalg
 from . import observables as obs
-from .models import DeepLinear, MLP, Residual, end_to_end, from_layers
+from .models import DeepLinear, MLP, Residual, end_to_end, from_layers, trainable
 from .problem import Problem
 
 VERDICTS = ("holds", "violated", "assumption not met", "trend only")
@@ -450,7 +450,7 @@ def _check_flow(ds, problem):
     else:
         out.append(_missing("conservation", stmt, src, "balance_drift"))
     if L >= 2:
-        drift_end = _balance_drift(initial, final)
+        drift_end = np.asarray(obs.balance_drift(final, problem, initial))
         out.append(_judge("conservation_final_weights", stmt + " (recomputed from the stored initial and final weights)",
                           src, drift_end.max(), 0.0, upper=True, time=float(attrs.get("t_final", times[-1])),
                           tolerance=cons_tol, assumptions=has_steps,
@@ -935,11 +935,8 @@ def _layers(model) -> list[np.ndarray]:
     return [np.asarray(w, np.float64) for w in model]
 
 
-def _trainable(model) -> list[np.ndarray]:
-    Ws = _layers(model)
-    if isinstance(model, Residual):
-        return [w - np.eye(w.shape[0]) for w in Ws]
-    return Ws
+def _trainable(model: DeepLinear) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(model, trainable(model)))]
 
 
 def _entry_max(model) -> float:
@@ -952,12 +949,6 @@ def _weight_max(model) -> float:
 
 def _steps(attrs) -> int:
     return int(attrs.get("num_accepted_steps", attrs.get("num_steps", 0)))
-
-
-def _balance_drift(initial, final) -> np.ndarray:
-    A, B = _layers(initial), _layers(final)
-    D = lambda W, k: W[k + 1].T @ W[k + 1] - W[k] @ W[k].T  # noqa: E731
-    return np.array([float(np.linalg.norm(D(B, k) - D(A, k))) for k in range(len(A) - 1)])
 
 
 def _argmax2(v) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 
@@ -43,15 +44,56 @@ def atomic_path(path: str | os.PathLike):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def _moved_aside(folder: str):
+    """Move `folder` out of its path into a hidden trash folder, deleted on exit."""
+    trash = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(folder)), prefix=".old-")
+    try:
+        os.replace(folder, os.path.join(trash, "old"))
+        yield
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_folder(folder: str | os.PathLike) -> None:
+    """Delete a folder by first moving it aside: an interrupt never leaves half of it."""
+    with _moved_aside(os.fspath(folder)):
+        pass
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete folder `new` at `target`, replacing an old one only then."""
+    new, target = os.fspath(new), os.fspath(target)
+    if not os.path.exists(target):
+        os.replace(new, target)
+        return
+    with _moved_aside(target):
+        os.replace(new, target)
+
+
 def weights_array(model: DeepLinear) -> np.ndarray:
-    """W_1..W_L as one (layer, row, col) array, padded with NaN."""
-    layers = [np.asarray(w) for w in model.layers()]
-    rows = max(w.shape[0] for w in layers)
-    cols = max(w.shape[1] for w in layers)
-    out = np.full((len(layers), rows, cols), np.nan)
-    for k, w in enumerate(layers):
-        out[k, : w.shape[0], : w.shape[1]] = w
+    """W_1..W_L as one (..., layer, row, col) array, each layer padded with NaN.
+
+    A batch of networks (leaves with leading axes, as `gflow.descent.batch` makes) gives
+    those leading axes first.
+    """
+    blocks = [np.asarray(b) for b in model.weight_blocks()]
+    rows = max(b.shape[-2] for b in blocks)
+    cols = max(b.shape[-1] for b in blocks)
+    depth = sum(b.shape[-3] for b in blocks)
+    out = np.full((*blocks[0].shape[:-3], depth, rows, cols), np.nan)
+    k = 0
+    for b in blocks:
+        out[..., k : k + b.shape[-3], : b.shape[-2], : b.shape[-1]] = b
+        k += b.shape[-3]
     return out
+
+
+def network(weights: np.ndarray, ds: xr.Dataset) -> DeepLinear:
+    """The network of `ds`'s kind and widths with the padded (layer, row, col) `weights`."""
+    widths = json.loads(ds.attrs["widths"])
+    layers = [weights[k, : widths[k + 1], : widths[k]] for k in range(len(widths) - 1)]
+    return from_layers(layers, ds["p"].values, ds.attrs["kind"])
 
 
 def model_kind(model: DeepLinear) -> str:
@@ -60,10 +102,7 @@ def model_kind(model: DeepLinear) -> str:
 
 def model_from(ds: xr.Dataset, which: str = "final") -> DeepLinear:
     """Rebuild the network stored in `ds` (`which` is "initial" or "final")."""
-    widths = json.loads(ds.attrs["widths"])
-    W = ds[f"weights_{which}"].values
-    layers = [W[k, : widths[k + 1], : widths[k]] for k in range(len(widths) - 1)]
-    return from_layers(layers, ds["p"].values, ds.attrs["kind"])
+    return network(ds[f"weights_{which}"].values, ds)
 
 
 def _attr(value):

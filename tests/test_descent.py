@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow import descent, flow, linalg, models, observables as obs, problem, trajectory
+from gflow import descent, flow, linalg, models, observables as obs, trajectory
 from gflow.compare import distance_to_flow
 
 
