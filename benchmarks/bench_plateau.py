@@ -12,23 +12,17 @@ import math
 import time
 
 import jax
-import numpy as np
 
 import gflow
-from gflow import models, problem
+from gflow import models, problem, theory
 
 RECORD = ("excess_risk", "balance_drift", "singular_values", "grad_norm_sq", "pl_ratio")
 
 
-def epsilon(layers):
-    eps = 3 * max(np.sum(w**2) for w in layers)
-    return eps + 2 * sum(np.linalg.norm(a @ a.T - b.T @ b, 2) for a, b in zip(layers[:-1], layers[1:]))
-
-
 def corollary_init(depth, margin=0.95):
+    """Widths 5, d = 5, entries scaled so that 32L√ε = margin."""
     key, widths = jax.random.key(0), models.mlp_widths(5, depth, 5)
-    unit = epsilon([np.asarray(w) for w in models.mlp(key, widths, 1.0).layers()])
-    return models.mlp(key, widths, margin / (32 * depth * math.sqrt(unit)))
+    return models.mlp(key, widths, theory.corollary_scale(models.mlp(key, widths, 1.0), margin))
 
 
 def timed(model, prob, opts, repeats=3):
@@ -58,8 +52,7 @@ def main():
           f"{'arc':>5} {'plain':>6} {'ms':>8} {'first s':>8}")
     for depth in (10, 20, 40):
         model = corollary_init(depth)
-        eps = epsilon([np.asarray(w) for w in model.layers()])
-        name = f"L={depth} 32L√ε={32 * depth * math.sqrt(eps):.2f}"
+        name = f"L={depth} 32L√ε={theory.smallness(theory.epsilon(model), depth):.2f}"
         row(name, *timed(model, prob, gflow.FlowOptions(t_max=1e300, saves=100)))
         row("  same, plain clock", *timed(model, prob, gflow.FlowOptions(clock="plain", t_max=1e300, saves=100,
                                                                           max_steps=20_000), repeats=1))

@@ -202,6 +202,12 @@ def smallness(eps: float, depth: int) -> float:
     return 32.0 * int(depth) * math.sqrt(eps)
 
 
+def corollary_scale(unit_model: DeepLinear, target: float = 0.95) -> float:
+    """The scale s such that s·W (W = `unit_model`, e.g. `models.mlp(key, widths, 1.0)`)
+    has 32L√ε = `target`: ε is quadratic in s, so s = target / (32 L √ε(W))."""
+    return target / smallness(epsilon(unit_model), unit_model.depth)
+
+
 def assumption_a2(model: DeepLinear, problem: Problem) -> tuple[bool, dict]:
     """(A2): R(W(0)) ≤ ‖y‖²/n and ∇R(W(0)) ≠ 0. Returns (holds, the numbers).
 

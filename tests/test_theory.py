@@ -389,3 +389,10 @@ def test_checks_survive_a_netcdf_round_trip(l4_run, prob3, tmp_path):
     a, b = theory.check(l4_run, prob3), theory.check(loaded, prob3)
     assert [(c.name, c.verdict) for c in a] == [(c.name, c.verdict) for c in b]
     np.testing.assert_allclose([c.margin or 0.0 for c in a], [c.margin or 0.0 for c in b], rtol=1e-12)
+
+
+def test_corollary_scale_hits_its_target():
+    unit = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), 1.0)
+    s = theory.corollary_scale(unit, 0.95)
+    scaled = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), s)
+    assert theory.smallness(theory.epsilon(scaled), 10) == pytest.approx(0.95, rel=1e-10)
