@@ -25,7 +25,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from . import linalg, observables as obs, trajectory
-from .models import DeepLinear, end_to_end, trainable
+from .models import DeepLinear, check_input_width, end_to_end, trainable
 from .problem import Problem
 
 STATUSES = ("converged", "diverged", "stalled", "not_converged")
@@ -312,8 +312,7 @@ def run(
     batched = batch(models)
     n_init = batched.p.shape[0]
     one = unbatch_first(batched)
-    if one.widths[0] != problem.d:
-        raise ValueError(f"the networks take inputs of size {one.widths[0]} but the data has d = {problem.d}.")
+    check_input_width(one, problem.d)
     seeds = np.arange(n_init) if seeds is None else np.asarray(seeds)
     if seeds.shape != (n_init,):
         raise ValueError(f"seeds must have one label per network ({n_init}); got {seeds.shape}.")

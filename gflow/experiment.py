@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from . import flow, plots, theory, trajectory
+from . import files, flow, plots, theory, trajectory
 from . import scenario as scen
 
 
@@ -164,7 +164,7 @@ def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str)
             from . import compare
 
             figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
-        trajectory.replace_folder(tmp, out)
+        files.replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

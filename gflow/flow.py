@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from . import observables as obs
-from .models import DeepLinear, end_to_end, trainable
+from . import observables as obs, trajectory
+from .models import DeepLinear, check_input_width, end_to_end, trainable
 from .problem import Problem
 
 SOLVERS = {
@@ -193,7 +193,7 @@ def dense_solution(model: DeepLinear, problem: Problem, options: FlowOptions = F
     For independent checks (the energy identity as an integral) and for evaluating the
     weights at times chosen after the solve.
     """
-    _check_compatible(model, problem)
+    check_input_width(model, problem.d)
     params, static = eqx.partition(model, trainable(model))
     sol = _integrate_dense(
         params, static, problem, model, jnp.asarray(options.t_max), jnp.asarray(options.stop_at_excess_risk), _numerics(options)
@@ -490,9 +490,7 @@ def solve(
     on the `time` axis, the initial and final weights, and the status, step counts,
     problem constants and solver settings in `attrs`.
     """
-    from . import trajectory
-
-    _check_compatible(model, problem)
+    check_input_width(model, problem.d)
     observables = obs.get(observables)
     params, static = eqx.partition(model, trainable(model))
     start = _time.perf_counter()
@@ -534,12 +532,3 @@ def solve(
         t_offset=("time", t_offset, {"description": "absolute time = t_offset + t_local (t_switch after the switch)"}),
         t_local=("time", t_local, {"description": "time since t_offset, exact where t_offset + t_local rounds"}),
     )
-
-
-def _check_compatible(model: DeepLinear, problem: Problem):
-    from .models import ShapeError
-
-    if model.widths[0] != problem.d:
-        raise ShapeError(
-            f"the network takes inputs of size {model.widths[0]} but the data has d = {problem.d}."
-        )

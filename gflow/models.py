@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .files import atomic_path
+
 
 class DeepLinear(eqx.Module):
     """A deep linear network x ↦ pᵀ W_L ⋯ W_1 x.
@@ -128,6 +130,12 @@ def stack_layers(layers: Sequence[Array]) -> tuple[Array, ...]:
 
 class ShapeError(ValueError):
     """Layer widths or weights that do not make a network."""
+
+
+def check_input_width(model: DeepLinear, d: int) -> None:
+    """Raise `ShapeError` unless `model` takes inputs of size `d` (the data's features)."""
+    if model.widths[0] != d:
+        raise ShapeError(f"the network takes inputs of size {model.widths[0]} but the data has d = {d}.")
 
 
 def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
@@ -255,8 +263,6 @@ def load_layers(path: str | os.PathLike, kind: str = "mlp") -> DeepLinear:
 
 def save_layers(model: DeepLinear, path: str | os.PathLike) -> None:
     """Write W1..WL and p to an .npz that [`load_layers`][] reads back (atomic)."""
-    from .trajectory import atomic_path
-
     arrays = {f"W{k + 1}": np.asarray(w) for k, w in enumerate(model.layers())}
     arrays["p"] = np.asarray(model.p)
     with atomic_path(path) as tmp:

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .trajectory import atomic_path
+from .files import atomic_path
 
 
 def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):

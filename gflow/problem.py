@@ -19,6 +19,16 @@ import numpy as np
 from jaxtyping import Array, Float
 
 
+FULL_RANK_RTOL = 1e-12
+"""Σ̂ counts as full rank when λ > FULL_RANK_RTOL·Λ (relative to float64 round-off in Σ̂)."""
+
+
+def is_full_rank(lam: float, Lam: float) -> bool:
+    """Whether Σ̂ with extreme eigenvalues λ ≤ Λ has full rank (the overdetermined case,
+    where every global minimizer implements π*). The one place this is decided."""
+    return bool(float(lam) > FULL_RANK_RTOL * float(Lam))
+
+
 class DataError(ValueError):
     """Data that cannot define a regression problem (bad shape, NaN, missing file)."""
 
@@ -62,7 +72,7 @@ class Problem(eqx.Module):
     @property
     def overdetermined(self) -> bool:
         """Σ̂ has full rank, so every global minimizer implements π*."""
-        return bool(self.lam > 1e-12 * self.Lam)
+        return is_full_rank(self.lam, self.Lam)
 
     def excess_risk(self, w: Float[Array, " d"]) -> Float[Array, ""]:
         """R(w) − R_min = (w − π*)ᵀ Σ̂ (w − π*), free of cancellation."""

@@ -19,7 +19,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from . import observables as obs
-from .flow import SOLVERS, FlowOptions
+from .flow import CLOCKS, SOLVERS, FlowOptions
 from .models import DeepLinear, ShapeError
 from .problem import DataError, Problem
 
@@ -123,18 +123,23 @@ class Model(_Strict):
 # --- flow, record, descent, sweep ------------------------------------------------------
 
 
+_FLOW = FlowOptions()  # the one source of the [flow] defaults
+
+
 class Flow(_Strict):
-    solver: Literal[tuple(SOLVERS)] = "tsit5"  # type: ignore[valid-type]
-    rtol: PositiveFinite = 1e-8
-    atol: PositiveFinite = 1e-10
-    t_max: PositiveFinite = 1e4
-    saves: Annotated[int, Field(ge=2)] = 200
-    t_first: PositiveFinite | None = None
-    spacing: Literal["log", "linear"] = "log"
-    stop_at_excess_risk: Annotated[FiniteFloat, Field(ge=0)] = 1e-12
-    max_steps: PositiveInt = 100_000
-    clock: Literal["auto", "plain", "arclength"] = "auto"
-    switch_at: Annotated[FiniteFloat, Field(gt=0, lt=1)] = 0.5
+    """The `[flow]` table: the fields of `gflow.flow.FlowOptions`, with its defaults."""
+
+    solver: Literal[tuple(SOLVERS)] = _FLOW.solver  # type: ignore[valid-type]
+    rtol: PositiveFinite = _FLOW.rtol
+    atol: PositiveFinite = _FLOW.atol
+    t_max: PositiveFinite = _FLOW.t_max
+    saves: Annotated[int, Field(ge=2)] = _FLOW.saves
+    t_first: PositiveFinite | None = _FLOW.t_first
+    spacing: Literal["log", "linear"] = _FLOW.spacing
+    stop_at_excess_risk: Annotated[FiniteFloat, Field(ge=0)] = _FLOW.stop_at_excess_risk
+    max_steps: PositiveInt = _FLOW.max_steps
+    clock: Literal[CLOCKS] = _FLOW.clock  # type: ignore[valid-type]
+    switch_at: Annotated[FiniteFloat, Field(gt=0, lt=1)] = _FLOW.switch_at
 
     @pydantic.model_validator(mode="after")
     def _coherent(self):
@@ -227,8 +232,7 @@ class Scenario(_Strict):
         else:
             # p is drawn from the scenario's own seed: other seeds redraw V only
             model = models.residual(key, d, m.depth, m.init.s, p=m.p, p_key=jax.random.key(self.seed))
-        if model.widths[0] != d:
-            raise ShapeError(f"the network takes inputs of size {model.widths[0]} but the data has d = {d}")
+        models.check_input_width(model, d)
         return model
 
     def _resolve(self, path: str) -> str:

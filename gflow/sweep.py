@@ -49,7 +49,7 @@ import matplotlib
 import numpy as np
 import xarray as xr
 
-from . import plots, trajectory
+from . import files, plots, trajectory
 from . import scenario as scen
 from .scenario import ScenarioError
 
@@ -456,10 +456,10 @@ def run(
         if os.path.exists(folder) and not overwrite and not os.path.isdir(chunk_dir):
             raise OutputExistsError(f"{folder}: exists and is not a sweep folder (use --overwrite to replace it)")
         if overwrite and os.path.exists(folder):
-            trajectory.remove_folder(folder)
+            files.remove_folder(folder)
         os.makedirs(chunk_dir, exist_ok=True)
         if scenario.source is not None:
-            with trajectory.atomic_path(os.path.join(folder, "scenario.toml")) as tmp:
+            with files.atomic_path(os.path.join(folder, "scenario.toml")) as tmp:
                 shutil.copyfile(scenario.source, tmp)
 
     def path(spec):
@@ -496,7 +496,7 @@ def run(
     result = SweepResult(ds, table, the_plan, computed, skipped, folder)
     if folder is not None:
         trajectory.save(ds, os.path.join(folder, "sweep.nc"))
-        with trajectory.atomic_path(os.path.join(folder, "runs.csv")) as tmp:
+        with files.atomic_path(os.path.join(folder, "runs.csv")) as tmp:
             table.to_csv(tmp, index=False)
         if figures:
             result.figures = save_figures(ds, os.path.join(folder, "figures"))

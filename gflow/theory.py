@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import linalg
+from .files import atomic_path
 from . import observables as obs
 from .models import DeepLinear, MLP, Residual, end_to_end, from_layers, trainable
 from .problem import Problem
@@ -907,8 +908,6 @@ def to_markdown(checks: Sequence[Check]) -> str:
 
 def write_report(checks: Sequence[Check], folder: str | os.PathLike) -> None:
     """Write `checks.md` and `checks.json` into `folder`, each atomically."""
-    from .trajectory import atomic_path
-
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, "checks.md")) as tmp:
