@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SCENARIO ?= scenarios/small_scale.toml
 OUT ?= runs/small_scale
 
-.PHONY: setup run test bench paper clean
+.PHONY: setup run test bench paper notebooks clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: setup
 PAPER_FLAGS ?=
 paper: setup
 	for s in scenarios/paper/*.toml; do $(BIN)/gflow sweep $$s --out runs/paper/$$(basename $$s .toml) $(PAPER_FLAGS) || exit 1; done
+
+# `make notebooks`: regenerate notebooks/NN_*.ipynb from their jupytext sources notebooks/NN_*.py.
+notebooks: setup
+	$(BIN)/python notebooks/sync.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -101,9 +101,28 @@ def _check(args) -> int:
 
 
 def _sweep(args) -> int:
-    from . import sweep
+    from . import experiment, sweep
+    from . import scenario as scen
+    from .compilation import compilation_cache
 
-    return sweep.main(args)
+    scenario = scen.load(args.scenario)
+    sweep.plan(scenario)  # bad input answers before a cluster starts
+    compilation_cache()
+    out = args.out if args.out is not None else experiment.default_folder(scenario)
+    if args.dask is not None and args.workers is not None:
+        return _fail("give --dask ADDRESS or --workers N, not both")
+    if args.workers is not None and args.workers < 1:
+        return _fail(f"--workers must be at least 1; got {args.workers}")
+    try:
+        with sweep.client(dask=args.dask, workers=args.workers) as client:
+            result = sweep.run(scenario, out, overwrite=args.overwrite, quiet=args.quiet, client=client)
+    except sweep.DaskMissingError:
+        return _fail("--dask/--workers need Dask: pip install 'gflow[dask]'")
+    if not args.quiet:
+        counts = result.runs.groupby(["step_size", "status"]).size().unstack(fill_value=0)
+        print(counts.to_string())
+        print(f"sweep folder: {result.folder}")
+    return 0
 
 
 def main(argv=None) -> int:

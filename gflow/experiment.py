@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from . import files, flow, plots, theory, trajectory
+from . import compare, files, flow, plots, theory, trajectory
 from . import scenario as scen
 
 
@@ -111,8 +111,6 @@ def execute(
 
     gd = None
     if scenario.descent is not None:
-        from . import compare
-
         progress.stage(f"{scenario.name}: gradient descent at {len(scenario.descent.step_sizes)} step sizes")
         gd = compare.descent_for_scenario(scenario, problem, model)
     checks = theory.check(ds, problem)
@@ -161,9 +159,7 @@ def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str)
             f.write(summary(result.flow, result.checks, result.descent))
         figures = plots.save_figures(result.flow, os.path.join(tmp, "figures"))
         if result.descent is not None:
-            from . import compare
-
-            figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
+                figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
         files.replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,8 +196,6 @@ def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
     lines += [f"| {k} | {a[k]:.6g} |" for k in ("n", "d", "lam", "Lam", "a", "pi_star_norm", "R_min")]
     lines += [f"| depth L | {a['depth']} |", f"| widths | {a['widths']} |", f"| kind | {a['kind']} |"]
     if gd is not None:
-        from . import compare
-
         lines += ["", "## Gradient descent", "", compare.summary_table(gd)]
     verdicts = {}
     for c in checks:

@@ -18,7 +18,8 @@ import jax
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from . import observables as obs
+from . import models, observables as obs
+from . import problem as problems
 from .flow import CLOCKS, SOLVERS, FlowOptions
 from .models import DeepLinear, ShapeError
 from .problem import DataError, Problem
@@ -207,20 +208,16 @@ class Scenario(_Strict):
 
     def build_problem(self) -> Problem:
         """The regression problem (validated data)."""
-        from . import problem
-
         data = self.data
         if data.kind == "file":
-            return problem.load(self._resolve(data.path), unit_pi_star=data.unit_pi_star)
+            return problems.load(self._resolve(data.path), unit_pi_star=data.unit_pi_star)
         common = dict(noise=data.noise, seed=data.seed, n_test=data.n_test, unit_pi_star=data.unit_pi_star)
         if data.kind == "anisotropic":
-            return problem.anisotropic(data.n, data.d, condition=data.condition, **common)
-        return problem.gaussian(data.n, data.d, **common)
+            return problems.anisotropic(data.n, data.d, condition=data.condition, **common)
+        return problems.gaussian(data.n, data.d, **common)
 
     def build_model(self, d: int, seed: int | None = None) -> DeepLinear:
         """The network at t = 0 for inputs of size d (init drawn from `seed`)."""
-        from . import models
-
         m, key = self.model, jax.random.key(self.seed if seed is None else seed)
         if m.init.kind == "file":
             model = models.load_layers(self._resolve(m.init.path), m.kind)

@@ -9,17 +9,27 @@ Layout:
 - `attrs`: the problem's constants (lam, Lam, a, pi_star_norm, R_min, n, d), the network
   (kind, depth, widths), solver settings, status, step counts and provenance. Attribute
   values are numbers or strings only (netCDF's rule); lists are stored as JSON.
+
+The GF Dataset ([`build`][]) and the GD one (`gflow.descent.run`, on `step_size`, `seed`
+and `record` instead of `time`) are made by the same code: [`network_fields`][],
+[`observable_variables`][] and [`dataset`][].
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import NamedTuple
 
+import diffrax
+import equinox
+import jax
 import numpy as np
 import xarray as xr
 
+from . import __version__
 from .files import atomic_path
 from .models import DeepLinear, MLP, Residual, from_layers
 
@@ -70,42 +80,83 @@ def _attr(value):
     return value
 
 
-def build(times, values, observables, initial, final, problem, *, options=None, info=None) -> xr.Dataset:
-    """Assemble the Dataset from save times, observable values and the end points."""
-    L = initial.depth
+class NetworkFields(NamedTuple):
+    """What every trajectory Dataset, GF or GD, says about its network and problem:
+    `coords` (layer, interface, feature), `data` (weights_initial, weights_final, p,
+    pi_star) and `attrs` (the problem's constants, kind, depth, widths)."""
+
+    coords: dict
+    data: dict
+    attrs: dict
+
+
+def network_fields(
+    initial: DeepLinear,
+    final: DeepLinear,
+    problem,
+    *,
+    model: DeepLinear | None = None,
+    initial_dims: Sequence[str] = (),
+    final_dims: Sequence[str] = (),
+) -> NetworkFields:
+    """The [`NetworkFields`][] shared by the GF Dataset ([`build`][]) and the GD one.
+
+    **Arguments:**
+
+    - `initial`, `final`: the networks whose weights are stored; for GD, batches whose
+      leading axes `initial_dims` and `final_dims` name (e.g. ("seed",), ("step_size", "seed")).
+    - `problem`: the regression problem (constants and π*).
+    - `model`: one network, for kind, widths and p (default `initial`; give it for batches).
+    """
+    model = initial if model is None else model
+    L = model.depth
     coords = dict(
-        time=("time", np.asarray(times, np.float64)),
         layer=("layer", np.arange(1, L + 1)),
         interface=("interface", np.arange(1, L)),
         feature=("feature", np.arange(1, problem.d + 1)),
     )
-    data = {}
-    for o in observables:
-        v = np.asarray(values[o.name], np.float64)
-        data[o.name] = (("time", *o.dims), v, {"description": o.description})
-    data["weights_initial"] = (("layer", "row", "col"), weights_array(initial))
-    data["weights_final"] = (("layer", "row", "col"), weights_array(final))
-    data["p"] = (("output",), np.asarray(initial.p, np.float64))
-    data["pi_star"] = (("feature",), np.asarray(problem.pi_star))
+    data = dict(
+        weights_initial=((*initial_dims, "layer", "row", "col"), weights_array(initial)),
+        weights_final=((*final_dims, "layer", "row", "col"), weights_array(final)),
+        p=(("output",), np.asarray(model.p, np.float64)),
+        pi_star=(("feature",), np.asarray(problem.pi_star)),
+    )
     attrs = dict(problem.constants())
-    attrs.update(kind=model_kind(initial), depth=L, widths=list(initial.widths))
+    attrs.update(kind=model_kind(model), depth=L, widths=list(model.widths))
+    return NetworkFields(coords, data, attrs)
+
+
+def observable_variables(observables, values: Mapping, dims: Sequence[str]) -> dict:
+    """One Dataset variable per observable: `values[name]` on `dims` and the observable's
+    own dims, with its description."""
+    return {
+        o.name: ((*dims, *o.dims), np.asarray(values[o.name], np.float64), {"description": o.description})
+        for o in observables
+    }
+
+
+def dataset(data: Mapping, coords: Mapping, attrs: Mapping) -> xr.Dataset:
+    """The Dataset of `data` on `coords`, with `attrs` and [`provenance`][] made netCDF-safe."""
+    ds = xr.Dataset(dict(data), coords=dict(coords))
+    ds.attrs = {k: _attr(v) for k, v in {**attrs, **provenance()}.items()}
+    return ds
+
+
+def build(times, values, observables, initial, final, problem, *, options=None, info=None) -> xr.Dataset:
+    """Assemble the GF Dataset from save times, observable values and the end points."""
+    fields = network_fields(initial, final, problem)
+    coords = dict(time=("time", np.asarray(times, np.float64)), **fields.coords)
+    data = observable_variables(observables, values, ("time",))
+    data.update(fields.data)
+    attrs = dict(fields.attrs)
     if options is not None:
         attrs.update({f"flow_{k}": getattr(options, k) for k in options.__dataclass_fields__})
     attrs.update(info or {})
-    attrs.update(provenance())
-    ds = xr.Dataset(data, coords=coords)
-    ds.attrs = {k: _attr(v) for k, v in attrs.items()}
-    return ds
+    return dataset(data, coords, attrs)
 
 
 def provenance() -> dict:
     """Versions and creation time, so a file says how it was made."""
-    import diffrax
-    import equinox
-    import jax
-
-    from . import __version__
-
     return dict(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         gflow_version=__version__,

@@ -1,4 +1,8 @@
-"""Every notebook in notebooks/ runs top to bottom, headless, without an error.
+"""The notebooks in notebooks/: generated from their sources, and each runs top to bottom.
+
+Each notebook `NN_name.ipynb` is generated from a jupytext percent-format source `NN_name.py`
+(`notebooks/sync.py`); the two must agree cell for cell, so an edit of a source that was not
+followed by `python notebooks/sync.py` fails here, fast.
 
 The notebooks are executed in memory with nbclient (the files on disk keep no outputs),
 with notebooks/ as the working directory, in a kernel running this interpreter.
@@ -6,6 +10,7 @@ with notebooks/ as the working directory, in a kernel running this interpreter.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -18,7 +23,10 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))  # the glob of notebooks/sync.py
+STEMS = sorted({p.stem for p in PATHS} | {p.stem for p in SOURCES})
 CELL_TIMEOUT = 300
+REGENERATE = "edit the .py, then run `python notebooks/sync.py`"
 
 
 def _execute(nb):
@@ -41,7 +49,34 @@ def test_notebooks_are_stored_without_outputs():
     for path in PATHS:
         nb = nbformat.read(path, as_version=4)
         dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
-        assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them (or regenerate with make_notebooks.py)"
+        assert not dirty, f"{path.name}: cells {dirty} have outputs; regenerate it: python notebooks/sync.py"
+
+
+def _read_source(path: Path):
+    try:
+        import jupytext
+    except ImportError:  # in the `test` extra: a missing jupytext must not pass as "in sync"
+        pytest.fail("jupytext is not installed: pip install -c constraints.txt -e '.[test]'", pytrace=False)
+    return jupytext.read(path, fmt="py:percent")
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_notebook_agrees_with_its_source(stem):
+    source, notebook = NOTEBOOKS / f"{stem}.py", NOTEBOOKS / f"{stem}.ipynb"
+    assert source.exists(), f"{notebook.name} has no source {source.name}; notebooks are generated: {REGENERATE}"
+    assert notebook.exists(), f"{source.name} has no notebook {notebook.name}: run `python notebooks/sync.py`"
+    # A source is plain Python: magics are written commented out (# %matplotlib inline).
+    compile(source.read_text(encoding="utf-8"), str(source), "exec")
+
+    expected = [(c.cell_type, c.source) for c in _read_source(source).cells]
+    actual = [(c.cell_type, c.source) for c in nbformat.read(notebook, as_version=4).cells]
+    for i, ((got_type, got), (want_type, want)) in enumerate(zip(actual, expected)):
+        if (got_type, got) != (want_type, want):
+            a, b = f"{notebook.name} ({got_type})", f"{source.name} ({want_type})"
+            diff = "\n".join(difflib.unified_diff(got.splitlines(), want.splitlines(), a, b, lineterm=""))
+            pytest.fail(f"{notebook.name} differs from {source.name} at cell {i}; {REGENERATE}\n{diff}", pytrace=False)
+    counts = f"{notebook.name} has {len(actual)} cells, {source.name} {len(expected)}"
+    assert len(actual) == len(expected), f"{counts}; {REGENERATE}"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Figures of a gradient-flow trajectory, each observable next to its theoretical line.
+"""Figures of one gradient-flow trajectory, each observable next to its theoretical line.
 
 Every function takes a trajectory Dataset and returns a matplotlib Figure, made without
 pyplot (no global state, any backend). Time is on a log axis (plateaus span decades), so
@@ -16,15 +16,9 @@ import os
 import matplotlib
 import numpy as np
 import xarray as xr
-from matplotlib.figure import Figure
 
-from .files import atomic_path
-
-
-def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
-    """A Figure with `ncols` axes side by side."""
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+from .. import theory
+from .base import new_figure, write_figures
 
 
 def _switched(ds: xr.Dataset) -> bool:
@@ -66,8 +60,6 @@ def risk(ds: xr.Dataset):
 
 def sharpness(ds: xr.Dataset):
     """Sharpness S(W(t)) with S_lower ≤ S_min ≤ S_upper (theory.md §2)."""
-    from . import theory
-
     b = theory.bounds_from_attrs(ds.attrs)
 
     def draw(ax, part, t):
@@ -133,18 +125,6 @@ FIGURES = {
     "conservation": (conservation, "balance_drift"),
 }
 """File stem → (figure function, the observable it needs)."""
-
-
-def write_figures(figures: dict, folder: str | os.PathLike) -> list[str]:
-    """Write each Figure of `{stem: Figure}` to `folder/stem.png` (atomically); their paths."""
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for name, fig in figures.items():
-        path = os.path.join(os.fspath(folder), f"{name}.png")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        paths.append(path)
-    return paths
 
 
 def save_figures(ds: xr.Dataset, folder: str | os.PathLike) -> list[str]:

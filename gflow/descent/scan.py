@@ -1,0 +1,203 @@
+"""The pure core of gradient descent: one run as a nested `lax.scan`, a grid of runs under `vmap`.
+
+One run is a `lax.scan` over steps (nested: an outer scan over records, an inner one over
+the `record_every` steps between them), so observables cost only where they are kept. A
+grid of runs is that scan under two `vmap`s, over step sizes and over initializations, in
+one compiled call per [`GridSettings`][]. Everything here is pure and traced; validation
+and the Dataset live in `gflow.descent.run`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .. import linalg, observables as obs
+from ..models import DeepLinear, end_to_end
+from ..problem import Problem
+
+
+class Descent(NamedTuple):
+    """One GD run, as [`descend`][] returns it.
+
+    - `final_params`: the trainable leaves after the last step (frozen at a divergence).
+    - `diverged_at`: the step at which the run diverged; −1 when it never did.
+    - `excess_at_half`: the excess risk at step `steps // 2` (for the "stalled" status).
+    - `records`: observable name → array with a leading record axis (NaN from the divergence on).
+    """
+
+    final_params: DeepLinear
+    diverged_at: jax.Array
+    excess_at_half: jax.Array
+    records: dict[str, jax.Array]
+
+
+class GridResult(NamedTuple):
+    """A grid of runs from [`grid`][]: the fields of [`Descent`][] with leading axes
+    (step size, initialization), and `final`: excess_risk, distance_to_pi_star and (when
+    asked) sharpness at the end of each run, NaN for a diverged run."""
+
+    final_params: DeepLinear
+    diverged_at: jax.Array
+    excess_at_half: jax.Array
+    final: dict[str, jax.Array]
+    records: dict[str, jax.Array]
+
+
+class InitialQuantities(NamedTuple):
+    """Risk R(W(0)) and sharpness S(W(0)) (NaN when not asked) of each initialization."""
+
+    risk: jax.Array
+    sharpness: jax.Array
+
+
+class GridSettings(eqx.Module):
+    """The static settings of one compiled grid: a new value compiles a new program.
+
+    - `steps`, `record_every`: GD steps, and steps between records.
+    - `observables`: the registry `Observable`s recorded.
+    - `record_weights`: also record the flat trainable parameters (`weights`).
+    - `final_sharpness`: compute the Lanczos sharpness at the end of each run.
+    - `lanczos_steps`: Lanczos steps of that sharpness.
+    """
+
+    steps: int = eqx.field(static=True)
+    record_every: int = eqx.field(static=True)
+    observables: tuple[obs.Observable, ...] = eqx.field(static=True)
+    record_weights: bool = eqx.field(static=True)
+    final_sharpness: bool = eqx.field(static=True)
+    lanczos_steps: int = eqx.field(static=True)
+
+
+def _excess(params, static, problem):
+    model = eqx.combine(params, static)
+    return problem.excess_risk(end_to_end(model, unroll=model.depth <= 64))
+
+
+def _sharpness(params, static, problem, lanczos_steps):
+    f, x = obs.flat_risk(eqx.combine(params, static), problem)
+    return linalg.top_hessian_eigenvalue(f, x, lanczos_steps)
+
+
+def _diverging(excess, problem, diverge_above):
+    """Whether the risk R_min + `excess` is non-finite or above `diverge_above`."""
+    risk = problem.R_min + excess
+    return ~jnp.isfinite(risk) | (risk > diverge_above)
+
+
+def record_steps(steps: int, every: int) -> np.ndarray:
+    """The steps recorded by [`descend`][]: 0, r, 2r, … ≤ steps, then `steps` if not among them."""
+    ks = np.arange(steps // every + 1) * every
+    return ks if ks[-1] == steps else np.append(ks, steps)
+
+
+def descend(
+    params,
+    static: DeepLinear,
+    problem: Problem,
+    step_size,
+    diverge_above,
+    *,
+    steps: int,
+    record_every: int,
+    observables: tuple[obs.Observable, ...] = (),
+    record_weights: bool = False,
+) -> Descent:
+    """`steps` steps of GD from `eqx.combine(params, static)`, pure and jittable.
+
+    At step k (0-based) the risk R(W_k) is checked first: if it is non-finite or above
+    `diverge_above`, the run is frozen at W_k and `diverged_at = k`; otherwise
+    W_{k+1} = W_k − η∇R(W_k). W_steps is checked the same way.
+
+    **Arguments:**
+
+    - `params`, `static`: the trainable leaves and the rest (`eqx.partition`).
+    - `problem`: the regression problem.
+    - `step_size`: η (a traced scalar: vmap over it).
+    - `diverge_above`: risk threshold for divergence (traced scalar).
+    - `steps`, `record_every`: static ints; records at [`record_steps`][]`(steps, record_every)`.
+    - `observables`: registry `Observable`s computed at the records.
+    - `record_weights`: also record the flat trainable parameters.
+
+    **Returns:** a [`Descent`][].
+    """
+    initial = eqx.combine(params, static)
+    value_and_grad = jax.value_and_grad(_excess)
+    half = steps // 2
+
+    def step(carry, _):
+        q, k, div, mid = carry
+        e, g = value_and_grad(q, static, problem)
+        div = jnp.where((div < 0) & _diverging(e, problem, diverge_above), k, div)
+        live = div < 0
+        q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
+        mid = jnp.where(k == half, e, mid)
+        return (q, k + 1, div, mid), None
+
+    def record(q, k, div):
+        model = eqx.combine(q, static)
+        out = {o.name: o(model, problem, initial) for o in observables}
+        if record_weights:
+            out["weights"] = ravel_pytree(q)[0]
+        gone = ((div >= 0) & (div <= k)) | _diverging(_excess(q, static, problem), problem, diverge_above)
+        return {name: jnp.where(gone, jnp.nan, v) for name, v in out.items()}
+
+    def chunk(carry, _):
+        carry, _ = jax.lax.scan(step, carry, None, length=record_every)
+        q, k, div, _mid = carry
+        return carry, record(q, k, div)
+
+    n_chunks, rest = divmod(steps, record_every)
+    carry = (params, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan))
+    one_record = lambda rec: jax.tree.map(lambda x: x[None], rec)  # noqa: E731
+    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
+    parts = [one_record(record(params, 0, -1)), recs]
+    if rest:
+        carry, _ = jax.lax.scan(step, carry, None, length=rest)
+        parts.append(one_record(record(*carry[:3])))
+    q, k, div, mid = carry
+    div = jnp.where((div < 0) & _diverging(_excess(q, static, problem), problem, diverge_above), k, div)
+    recs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+    return Descent(q, div, mid, recs)
+
+
+@eqx.filter_jit
+def grid(params, static, problem, step_sizes, thresholds, settings: GridSettings) -> GridResult:
+    """[`descend`][] under `vmap` over `step_sizes` (outer) and initializations (inner:
+    the leading axis of `params` and of `thresholds`), plus the end-of-run quantities."""
+
+    def one(q, eta, thr):
+        run = descend(
+            q, static, problem, eta, thr, steps=settings.steps, record_every=settings.record_every,
+            observables=settings.observables, record_weights=settings.record_weights,
+        )
+        w = end_to_end(eqx.combine(run.final_params, static))
+        final = dict(
+            excess_risk=problem.excess_risk(w),
+            distance_to_pi_star=jnp.linalg.norm(w - problem.pi_star),
+        )
+        if settings.final_sharpness:
+            final["sharpness"] = _sharpness(run.final_params, static, problem, settings.lanczos_steps)
+        gone = run.diverged_at >= 0
+        final = {k: jnp.where(gone, jnp.nan, v) for k, v in final.items()}
+        return GridResult(run.final_params, run.diverged_at, run.excess_at_half, final, run.records)
+
+    over_inits = jax.vmap(one, in_axes=(0, None, 0))
+    return jax.vmap(over_inits, in_axes=(None, 0, None))(params, step_sizes, thresholds)
+
+
+@eqx.filter_jit
+def initial_quantities(params, static, problem, lanczos_steps: int, sharpness: bool) -> InitialQuantities:
+    """R(W(0)) and, when `sharpness`, S(W(0)) of each initialization (leading axis of `params`)."""
+
+    def one(q):
+        e = _excess(q, static, problem)
+        s = _sharpness(q, static, problem, lanczos_steps) if sharpness else jnp.nan
+        return InitialQuantities(problem.R_min + e, s)
+
+    return jax.vmap(one)(params)
