@@ -4,8 +4,10 @@
     gflow check RUN_FOLDER
     gflow sweep SCENARIO [--out DIR] [--overwrite] [--quiet] [...]
 
-Bad input (scenario, data, weights, an existing output folder) ends with one line on
-stderr and exit status 2; a violated theorem check ends with exit status 1.
+Exit status: 0 success; 1 a theorem check violated; 2 bad input or damaged files
+(scenario, data, weights, an output folder that exists or is in use, a damaged or
+foreign file), with one line on stderr; 130 interrupted (Ctrl-C); 3 an internal error
+(a bug: one line, `GFLOW_TRACEBACK=1` shows the traceback).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 import warnings
 
 EXIT_BAD_INPUT = 2
 EXIT_VIOLATED = 1
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,23 +85,26 @@ def _run(args) -> int:
 
 
 def _check(args) -> int:
-    from . import theory, trajectory
+    from . import files, theory, trajectory
     from . import scenario as scen
 
     path = os.path.join(args.folder, "trajectory.nc")
     if not os.path.isfile(path):
         return _fail(f"{args.folder}: no trajectory.nc here (is it a folder written by `gflow run`?)")
-    ds = trajectory.load(path)
+    ds = trajectory.load(path, expect="flow")
+    gd_path = os.path.join(args.folder, "descent.nc")
+    gd = trajectory.load(gd_path, expect="descent") if os.path.isfile(gd_path) else None  # every file read first
     problem = None
     source = os.path.join(args.folder, "scenario.toml")
     if os.path.isfile(source):
         problem = scen.load(source).validate_inputs()[0]
     checks = theory.check(ds, problem)
-    gd_path = os.path.join(args.folder, "descent.nc")
-    if os.path.isfile(gd_path):
-        checks += theory.check(trajectory.load(gd_path), problem)
+    if gd is not None:
+        checks += theory.check(gd, problem)
     print(theory.format_table(checks))
-    theory.write_report(checks, args.folder)
+    with files.folder_lock(args.folder):  # not while another gflow writes the folder
+        files.clean_leftovers(args.folder)
+        theory.write_report(checks, args.folder)
     return theory.exit_code(checks)
 
 
@@ -129,6 +137,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # --help answers before the heavy imports
 
     from .experiment import OutputExistsError
+    from .files import DamagedFileError, FolderInUseError
     from .models import ShapeError
     from .problem import DataError
     from .scenario import ScenarioError
@@ -137,10 +146,18 @@ def main(argv=None) -> int:
     warnings.formatwarning = lambda message, *a, **k: f"gflow: warning: {message}\n"
     try:
         return {"run": _run, "check": _check, "sweep": _sweep}[args.command](args)
-    except (ScenarioError, DataError, ShapeError, OutputExistsError) as e:
+    except (ScenarioError, DataError, ShapeError, OutputExistsError, DamagedFileError, FolderInUseError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        return _fail("interrupted; nothing half-written was left behind", 130)
+        return _fail("interrupted; finished files are kept, nothing half-written was left behind", EXIT_INTERRUPTED)
+    except OSError as e:  # a folder that cannot be written, a full disk, …
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except Exception as e:  # noqa: BLE001 (a bug: one line, not a traceback that reads like exit 1)
+        if os.environ.get("GFLOW_TRACEBACK"):
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        return _fail(f"internal error, a bug in gflow ({type(e).__name__}: {first}); "
+                     "GFLOW_TRACEBACK=1 shows where", EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

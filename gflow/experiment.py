@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import xarray as xr
 
 from . import compare, files, flow, plots, theory, trajectory
@@ -120,7 +118,7 @@ def execute(
     result = RunResult(flow=ds, checks=checks, descent=gd)
     if out is not None:
         progress.stage(f"{scenario.name}: writing {out}")
-        result.folder, result.figures = _write_folder(result, scenario, problem, os.fspath(out))
+        result.folder, result.figures = _write_folder(result, scenario, problem, os.fspath(out), overwrite)
         progress(f"{scenario.name}: wrote {out}")
     return result
 
@@ -131,23 +129,44 @@ def run(scenario, out=None, *, overwrite: bool = False, quiet: bool = True) -> x
 
 
 def load_run(folder: str | os.PathLike) -> RunResult:
-    """A finished run folder, back in memory: `load_run(folder).flow`, `.checks`, `.descent`."""
+    """A finished run folder, back in memory: `load_run(folder).flow`, `.checks`, `.descent`.
+
+    Raises `FileNotFoundError` when `folder` holds no `trajectory.nc`, and
+    `gflow.files.DamagedFileError` (a `ValueError`) naming the file when `trajectory.nc`,
+    `descent.nc` or `checks.json` is damaged or not what `gflow run` writes.
+    """
     folder = os.fspath(folder)
     path = os.path.join(folder, "trajectory.nc")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder}: no trajectory.nc here (is it a folder written by `gflow run`?)")
+    flow_ds = trajectory.load(path, expect="flow")
     gd_path = os.path.join(folder, "descent.nc")
-    gd = trajectory.load(gd_path) if os.path.isfile(gd_path) else None
-    checks = theory.read_report(folder) if os.path.isfile(os.path.join(folder, "checks.json")) else []
+    gd = trajectory.load(gd_path, expect="descent") if os.path.isfile(gd_path) else None
+    checks = []
+    if os.path.isfile(os.path.join(folder, "checks.json")):
+        try:
+            checks = theory.read_report(folder)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise files.DamagedFileError(os.path.join(folder, "checks.json"),
+                                         f"damaged or not a gflow checks report ({type(e).__name__}: {e})") from None
     figures = sorted(os.path.join(folder, "figures", f) for f in os.listdir(os.path.join(folder, "figures"))) \
         if os.path.isdir(os.path.join(folder, "figures")) else []
-    return RunResult(flow=trajectory.load(path), checks=checks, descent=gd, folder=folder, figures=figures)
+    return RunResult(flow=flow_ds, checks=checks, descent=gd, folder=folder, figures=figures)
 
 
-def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str):
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
+def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str, overwrite: bool = False):
+    """Build the run folder beside `out` and swap it in, holding `out`'s lock (what killed
+    runs left there is cleaned up first; a folder that appeared meanwhile is refused
+    unless `overwrite`)."""
+    with files.folder_lock(out):
+        files.clean_leftovers(out)
+        if os.path.lexists(out) and not overwrite:
+            raise OutputExistsError(f"{out}: the output folder exists (use --overwrite to replace it)")
+        return _build_folder(result, scenario, out)
+
+
+def _build_folder(result: RunResult, scenario: scen.Scenario, out: str):
+    tmp = files.temp_folder(out)
     try:
         if scenario.source is not None:
             shutil.copyfile(scenario.source, os.path.join(tmp, "scenario.toml"))
@@ -157,6 +176,7 @@ def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str)
         theory.write_report(result.checks, tmp)
         with open(os.path.join(tmp, "summary.md"), "w") as f:
             f.write(summary(result.flow, result.checks, result.descent))
+        files.pause_point("run-figures")
         figures = plots.save_figures(result.flow, os.path.join(tmp, "figures"))
         if result.descent is not None:
                 figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
@@ -168,10 +188,29 @@ def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str)
     return out, figures
 
 
+def _sharpness_rows(ds: xr.Dataset, checks: list, b: dict) -> list[tuple[str, str]]:
+    """S_final (as the checks computed it, else as recorded) beside the bracket of S_min."""
+    judged = [c for c in checks if c.name == "sharpness_lower_bound" and c.observed is not None]
+    if judged:
+        s_final, how = judged[0].observed, "recomputed at the final weights"
+    elif "sharpness" in ds:
+        s_final, how = float(ds.sharpness[-1]), "recorded (Lanczos)"
+    else:
+        return []
+    rows = [(f"S_final ({how})", f"{s_final:.6g}"), ("S_lower = 2cLa (lower bound on S_min)", f"{b['S_lower']:.6g}")]
+    if "S_balanced" in b:
+        rows.append(("S_balanced (upper bound on S_min)", f"{b['S_balanced']:.6g}"))
+    rows += [("S_upper (upper bound on S_min, not on S_final)", f"{b['S_upper']:.6g}"),
+             ("S_final / S_lower", f"{s_final / b['S_lower']:.4f}")]
+    if "S_balanced" in b:
+        rows.append(("S_final / S_balanced", f"{s_final / b['S_balanced']:.4f}"))
+    return rows
+
+
 def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
     """The run's headline numbers as Markdown."""
     a = ds.attrs
-    b = theory.bounds_from_attrs(a)
+    b = theory.bounds_from_dataset(ds)
     rows = [
         ("status", a["status"]),
         ("clock", a.get("clock", "plain")),
@@ -183,11 +222,7 @@ def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
         rows.append(("final excess risk R − R_min", f"{float(ds.excess_risk[-1]):.3e}"))
     if "distance_to_pi_star" in ds:
         rows.append(("final ‖w − π*‖", f"{float(ds.distance_to_pi_star[-1]):.3e}"))
-    s_lower = b.get("S_lower")
-    if "sharpness" in ds:
-        s_final = float(ds.sharpness[-1])
-        rows += [("S_final", f"{s_final:.6g}"), ("S_lower = 2cLa", f"{s_lower:.6g}")]
-        rows += [("S_upper", f"{b.get('S_upper', np.nan):.6g}"), ("S_final / S_lower", f"{s_final / s_lower:.4f}")]
+    rows += _sharpness_rows(ds, checks, b)
     if "balance_drift" in ds and ds.sizes["interface"] > 0:
         rows.append(("max conserved-quantity drift", f"{float(ds.balance_drift.max()):.3e}"))
     lines = [f"# {a.get('scenario', 'run')}", "", "| quantity | value |", "| --- | --- |"]

@@ -17,6 +17,7 @@ and `record` instead of `time`) are made by the same code: [`network_fields`][],
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -30,10 +31,17 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
-from .files import atomic_path
+from .files import DamagedFileError, atomic_path
 from .models import DeepLinear, MLP, Residual, from_layers
 
 ENGINE = "h5netcdf"
+
+BALANCE_RESIDUAL = "balance_residual"
+"""GD Datasets that record `balance_drift` also hold this: ‖D_k(t) − D_k(0) − η²Σ_j(G_{k+1}ᵀG_{k+1}
+− G_kG_kᵀ)‖_F per interface, zero in exact arithmetic (theory.md §8)."""
+
+MAX_WEIGHT_SQ = "max_weight_sq"
+"""… and this: the largest Σ_k‖W_k‖_F² along the run so far (the scale of its round-off)."""
 
 
 def weights_array(model: DeepLinear) -> np.ndarray:
@@ -166,15 +174,69 @@ def provenance() -> dict:
     )
 
 
-def save(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write `ds` to netCDF atomically: an interrupted write leaves no half file."""
+def save(ds: xr.Dataset, path: str | os.PathLike, *, stage: str | None = None) -> None:
+    """Write `ds` to netCDF atomically: an interrupted write leaves no half file.
+    (`stage`: a test pause point between the write and the rename, `gflow.files.pause_point`.)"""
     ds = ds.copy()
     ds.attrs = {k: _attr(v) for k, v in ds.attrs.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, stage=stage) as tmp:
         ds.to_netcdf(tmp, engine=ENGINE)
 
 
-def load(path: str | os.PathLike) -> xr.Dataset:
-    """Read a trajectory written by [`save`][] (fully into memory; the file is closed)."""
-    with xr.open_dataset(os.fspath(path), engine=ENGINE) as ds:
-        return ds.load()
+_MUST_HOLD = {  # what a file of each kind holds: a dimension, variables, attributes
+    "flow": ("time", ("weights_initial", "weights_final", "p"), ("kind", "depth", "widths", "lam", "Lam", "a")),
+    "descent": ("step_size", ("status", "weights_initial", "weights_final", "p"),
+                ("kind", "depth", "widths", "lam", "Lam", "a", "method")),
+    "chunk": ("point", ("status",), ("chunk",)),
+}
+_METHOD = {"flow": "gradient_flow", "descent": "gradient_descent"}
+_WHAT = {"flow": "gradient-flow trajectory", "descent": "gradient-descent Dataset", "chunk": "sweep chunk"}
+
+
+def load(path: str | os.PathLike, expect: str | None = None) -> xr.Dataset:
+    """Read a netCDF file written by [`save`][] (fully into memory; the file is closed).
+
+    With `expect` ("flow": a GF trajectory, "descent": a GD Dataset, "chunk": a sweep
+    chunk), also check that the file holds what such a Dataset must (its dimension,
+    variables and attributes; a GF trajectory's networks must rebuild).
+
+    Raises `FileNotFoundError` when there is no file, and `gflow.files.DamagedFileError`
+    (a `ValueError` naming the file) when it cannot be read as such: truncated, not
+    netCDF, or missing what it must hold.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", path)
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            ds = ds.load()
+    except Exception as e:  # noqa: BLE001 (h5py, h5netcdf and xarray raise many kinds)
+        raise DamagedFileError(path, f"damaged or not netCDF: cannot be read ({_first_line(e)})") from None
+    if expect is not None:
+        _check_holds(ds, path, expect)
+    return ds
+
+
+def _first_line(e: Exception) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_holds(ds: xr.Dataset, path: str, expect: str) -> None:
+    dim, variables, attrs = _MUST_HOLD[expect]
+    missing = [f"dimension {dim}"] if dim not in ds.dims else []
+    missing += [f"variable {v}" for v in variables if v not in ds.variables]
+    missing += [f"attribute {a}" for a in attrs if a not in ds.attrs]
+    what = _WHAT[expect]
+    missing += [f"number {a}" for a in ("lam", "Lam", "a", "depth")
+                if a in attrs and a in ds.attrs and not isinstance(ds.attrs[a], int | float | np.number)]
+    if missing:
+        raise DamagedFileError(path, f"not a {what} written by gflow (no {', '.join(missing)})")
+    method = ds.attrs.get("method", _METHOD.get(expect))
+    if method != _METHOD.get(expect, method):
+        raise DamagedFileError(path, f"not a {what}: it holds {method}")
+    if expect == "flow":
+        try:
+            model_from(ds, "initial"), model_from(ds, "final")
+        except Exception as e:  # noqa: BLE001
+            raise DamagedFileError(path, f"damaged {what}: its networks do not rebuild ({_first_line(e)})") from None

@@ -6,7 +6,8 @@ process or on a Dask cluster.
 - `chunk`: one chunk, GD at every step size and the GF point ([`run_chunk`][], pure).
 - `combine`: the chunks as one Dataset on the grid ([`combine`][]) and its table of runs.
 - `driver`: [`run`][], in this process or on a Dask client, writing (or resuming) the
-  sweep folder: `scenario.toml`, `chunks/<id>.nc`, `sweep.nc`, `runs.csv`, `figures/*.png`.
+  sweep folder: `scenario.toml`, `sweep.json`, `chunks/<id>.nc`, `sweep.nc`, `runs.csv`,
+  `figures/*.png`.
 - `dask`: chunks on a Dask cluster, [`local_cluster`][] and [`client`][] (Dask is optional).
 - `figures`: the sweep's figures ([`figures`][], [`save_figures`][]).
 """
