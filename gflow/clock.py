@@ -47,25 +47,26 @@ def _direction(tree):
 
 
 def plateau_field(s, y, args):
-    """Gradient flow in the clock σ = log(1 + t/t_c) + (arc length), state y = (W, u).
+    """Gradient flow in the clock σ = log(1 + t/t_c) + (arc length), state y = ((W, E), u).
 
     With u = log(1 + t/t_c) carried for the time and q = (t + t_c)‖∇R‖,
 
-        dW/dσ = −(∇R/‖∇R‖) · q/(1 + q),        du/dσ = 1/(1 + q),
+        dW/dσ = −(∇R/‖∇R‖) · q/(1 + q),   dE/dσ = ‖∇R‖ · q/(1 + q),   du/dσ = 1/(1 + q),
 
-    which is dW/dt = −∇R with dσ/dt = 1/(t + t_c) + ‖∇R‖. On a plateau (q ≪ 1) σ is log t,
+    which is dW/dt = −∇R, dE/dt = ‖∇R‖² with dσ/dt = 1/(t + t_c) + ‖∇R‖. On a plateau (q ≪ 1) σ is log t,
     so the solver takes steps of decades; in the escape (q ≫ 1) σ is arc length in
     parameter space, so the motion has unit speed however short it is in t. The time
     t = t_c·expm1(u) is exact to the solver's tolerance on u (relative, in t). Everything
     is formed from ∇R/max|∇R| and log q, so ‖∇R‖ ~ 1e-170 neither underflows nor divides
     by zero. `args = (static, problem, initial, log t_c)`.
     """
-    params, u = y
+    (params, _), u = y
     static, problem, _, log_tc = args
     unit, log_g = _direction(obs.risk_gradient(eqx.combine(params, static), problem))
     log_q = log_tc + u + log_g
     move = jax.nn.sigmoid(log_q)
-    return jax.tree.map(lambda x: -move * x, unit), jax.nn.sigmoid(-log_q)
+    energy = jnp.exp(log_g + jax.nn.log_sigmoid(log_q))
+    return (jax.tree.map(lambda x: -move * x, unit), energy), jax.nn.sigmoid(-log_q)
 
 
 @eqx.filter_jit
@@ -87,30 +88,30 @@ _excess_risk = eqx.filter_jit(obs.excess_risk)
 
 
 @eqx.filter_jit
-def integrate_plateau(params, static, problem, initial, grid, clock, stop, options: solver.Numerics, observables):
+def integrate_plateau(y0, static, problem, initial, grid, clock, stop, options: solver.Numerics, observables):
     """Phase 1 of the "arclength" clock: σ from 0 until the switch, t_max, or failure.
 
     `clock = (log t_c, u_max, σ_max, excess risk at which to switch)`. The switch happens at
     the end of the step on which R − R_min falls below its threshold (where exactly does not
     matter: both clocks follow the same path); the horizon t = t_max is located exactly by a
-    root find on the dense output. Saves at σ = `grid` and at the end.
+    root find on the dense output. Saves at σ = `grid` and at the end; `y0 = (W, E)`.
     """
     log_tc, u_max, s_max, e_switch = clock
 
     def switched(t, y, args, **kwargs):
-        return problem.excess_risk(end_to_end(eqx.combine(y[0], static))) <= jnp.maximum(e_switch, stop)
+        return problem.excess_risk(end_to_end(eqx.combine(y[0][0], static))) <= jnp.maximum(e_switch, stop)
 
     def horizon(t, y, args, **kwargs):
         return y[1] - u_max
 
-    saveat = solver.save_points(grid, lambda s, y, args: (solver.observe(observables, y[0], args[:3]), y[1]))
+    saveat = solver.save_points(grid, lambda s, y, args: (solver.record(observables, y[0], args[:3]), y[1]))
     return diffrax.diffeqsolve(
         diffrax.ODETerm(plateau_field),
         solver.SOLVERS[options.solver](),
         t0=0.0,
         t1=s_max,
         dt0=None,
-        y0=(params, jnp.zeros((), _dtype(params))),
+        y0=(y0, jnp.zeros((), _dtype(y0))),
         args=(static, problem, initial, log_tc),
         saveat=saveat,
         stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol, norm=_clock_norm),
@@ -125,11 +126,11 @@ def integrate_plateau(params, static, problem, initial, grid, clock, stop, optio
 
 
 def _clock_norm(err):
-    """Error norm of (W, u): RMS over the weights, but the time u on its own (in an RMS over
-    all entries its error would weigh 1/(P + 1) and the carried t would be the least
-    accurate part of the solution)."""
-    params, u = err
-    return jnp.maximum(optx.rms_norm(params), jnp.abs(u))
+    """Error norm of ((W, E), u): RMS over the weights and E, but the time u on its own (in
+    an RMS over all entries its error would weigh 1/(P + 2) and the carried t would be the
+    least accurate part of the solution)."""
+    state, u = err
+    return jnp.maximum(optx.rms_norm(state), jnp.abs(u))
 
 
 def _dtype(params):
@@ -187,18 +188,19 @@ def _phase2(final, static, problem, model, horizon, n2, stop, numerics, observab
         t_end = horizon
     ts = np.geomspace(t_end * 1e-4, t_end, n2) if n2 > 1 else np.array([t_end])
     sol = solver.integrate(final, static, problem, model, jnp.asarray(ts), stop, numerics, observables, zero, h)
-    saved, final2 = (jax.tree.map(np.asarray, y) for y in sol.ys)
+    saved, final2 = (jax.tree.map(np.asarray, y) for y in sol.ys[:2])
     times, values = solver.trim(np.asarray(sol.ts[0]), saved)
+    values[solver.STEPS] = solver.steps_before(sol.ts[2], times)
     final = jax.tree.map(lambda x: jnp.asarray(x[0]), final2)
     status = solver.status(sol.result, {k: v[-1] for k, v in values.items()})
     return times, values, final, status, solver.stats(sol), float(_first(sol.ts[1])), int(first.stats["num_steps"])
 
 
-def solve_arclength(params, static, problem, model, options, observables):
+def solve_arclength(y0, static, problem, model, options, observables):
     """Both phases of the arc-length clock, each in two passes: the first only finds where
     the phase ends, so that the second can place its save points on the path it travels.
 
-    Returns (t_offset, t_local, values, final params, status, info).
+    Returns (t_offset, t_local, values, final state (W, E), status, info).
     """
     t_c = options.first_time()
     numerics, rough = solver.numerics(options), solver.numerics(options, PASS1_LOOSEN)
@@ -211,13 +213,14 @@ def solve_arclength(params, static, problem, model, options, observables):
 
     # Phase 1, pass 1 (looser tolerance): where is the switch? Every save point lies at
     # σ_max, past the end, so nothing is recorded (the same compiled solve as pass 2).
-    first = integrate_plateau(params, static, problem, model, jnp.full(n1, clock[2]), clock, stop, rough, observables)
+    first = integrate_plateau(y0, static, problem, model, jnp.full(n1, clock[2]), clock, stop, rough, observables)
     grid = _save_grid(first, n1)
     # Phase 1, pass 2 (the run itself, at the requested tolerance): record on the grid.
-    sol1 = integrate_plateau(params, static, problem, model, jnp.asarray(grid), clock, stop, numerics, observables)
-    (obs_saved, u_saved), (final1, u_fin) = (jax.tree.map(np.asarray, y) for y in sol1.ys)
-    _, saved = solver.trim(np.asarray(sol1.ts[0]), {"obs": obs_saved, "u": u_saved})
+    sol1 = integrate_plateau(y0, static, problem, model, jnp.asarray(grid), clock, stop, numerics, observables)
+    (obs_saved, u_saved), (final1, u_fin) = (jax.tree.map(np.asarray, y) for y in sol1.ys[:2])
+    sigma, saved = solver.trim(np.asarray(sol1.ts[0]), {"obs": obs_saved, "u": u_saved})
     t_local, values = t_c * np.expm1(saved["u"]), saved["obs"]
+    values[solver.STEPS] = solver.steps_before(sol1.ts[2], sigma)
     t_offset = np.zeros_like(t_local)
     final = jax.tree.map(lambda x: jnp.asarray(x[0]), final1)
     u_switch = float(u_fin[0])
@@ -236,6 +239,7 @@ def solve_arclength(params, static, problem, model, options, observables):
         times2, values2, final, status, stats2, t_end_local, pass1 = _phase2(
             final, static, problem, model, horizon, n2, stop, numerics, observables
         )
+        values2[solver.STEPS] += stats1["num_accepted_steps"]
         values = {k: np.concatenate([values[k], values2[k]]) for k in values}
         t_local = np.concatenate([t_local, times2])
         t_offset = np.concatenate([t_offset, np.full(times2.shape, t_switch)])

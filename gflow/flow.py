@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import clock as _clock, observables as obs, solver, trajectory
+from . import clock as _clock, observables as obs, solver, theory, trajectory
 from .clock import AUTO_PLATEAU_TIME, plateau_field, plateau_time
 from .models import DeepLinear, check_input_width, trainable
 from .problem import Problem
@@ -101,6 +101,13 @@ class FlowOptions(eqx.Module):
         return np.concatenate([[0.0], np.geomspace(self.first_time(), self.t_max, self.saves - 1)])
 
 
+_RECORDS = (
+    obs.Observable(solver.ENERGY, None, (), "E(t) = ∫₀ᵗ ‖∇R‖² ds, integrated with the flow as an extra state"),
+    obs.Observable(solver.STEPS, None, (), "accepted solver steps up to this save"),
+)
+"""What every solve records beside the observables asked for (see `gflow.solver`)."""
+
+
 class DenseSolution(eqx.Module):
     """A solve with dense output: the network at any time in [0, t_final]."""
 
@@ -109,13 +116,17 @@ class DenseSolution(eqx.Module):
 
     def model_at(self, t) -> DeepLinear:
         """W(t), from the solver's own interpolant (accurate to its tolerance)."""
-        return eqx.combine(self.solution.evaluate(t), self.static)
+        return eqx.combine(self.solution.evaluate(t)[0], self.static)
+
+    def energy_at(self, t):
+        """E(t) = ∫₀ᵗ ‖∇R‖² ds, integrated with the flow."""
+        return self.solution.evaluate(t)[1]
 
 
 @eqx.filter_jit
-def _integrate_dense(params, static, problem, initial, t_max, stop, options: solver.Numerics):
+def _integrate_dense(y0, static, problem, initial, t_max, stop, options: solver.Numerics):
     saveat = diffrax.SaveAt(t1=True, dense=True)
-    return solver.diffeqsolve(params, static, problem, initial, 0.0, t_max, saveat, stop, options)
+    return solver.diffeqsolve(y0, static, problem, initial, 0.0, t_max, saveat, stop, options)
 
 
 def dense_solution(model: DeepLinear, problem: Problem, options: FlowOptions = FlowOptions()) -> DenseSolution:
@@ -127,7 +138,7 @@ def dense_solution(model: DeepLinear, problem: Problem, options: FlowOptions = F
     check_input_width(model, problem.d)
     params, static = eqx.partition(model, trainable(model))
     sol = _integrate_dense(
-        params, static, problem, model, jnp.asarray(options.t_max), jnp.asarray(options.stop_at_excess_risk), solver.numerics(options)
+        solver.initial_state(params), static, problem, model, jnp.asarray(options.t_max), jnp.asarray(options.stop_at_excess_risk), solver.numerics(options)
     )
     return DenseSolution(sol, static)
 
@@ -160,35 +171,37 @@ def solve(
     if clock == "auto":
         clock = "arclength" if log10_plateau > math.log10(AUTO_PLATEAU_TIME) else "plain"
     if clock == "arclength":
-        t_offset, t_local, values, final_params, status, info = _clock.solve_arclength(
-            params, static, problem, model, options, observables
+        t_offset, t_local, values, final_state, status, info = _clock.solve_arclength(
+            solver.initial_state(params), static, problem, model, options, observables
         )
     else:
-        t_offset, t_local, values, final_params, status, info = _solve_plain(
-            params, static, problem, model, options, observables
+        t_offset, t_local, values, final_state, status, info = _solve_plain(
+            solver.initial_state(params), static, problem, model, options, observables
         )
     times = t_offset + t_local
     wall = _time.perf_counter() - start
-    final = eqx.combine(final_params, static)
-    info = dict(status=status, **info, wall_time_s=wall, method="gradient_flow", plateau_time_log10=log10_plateau)
-    ds = trajectory.build(times, values, observables, model, final, problem, options=options, info=info)
+    final = eqx.combine(final_state[0], static)
+    info = dict(status=status, **info, wall_time_s=wall, method="gradient_flow", plateau_time_log10=log10_plateau,
+                **theory.initial_constants(model, problem))
+    ds = trajectory.build(times, values, (*observables, *_RECORDS), model, final, problem, options=options, info=info)
     return ds.assign(
         t_offset=("time", t_offset, {"description": "absolute time = t_offset + t_local (t_switch after the switch)"}),
         t_local=("time", t_local, {"description": "time since t_offset, exact where t_offset + t_local rounds"}),
     )
 
 
-def _solve_plain(params, static, problem, model, options: FlowOptions, observables):
+def _solve_plain(y0, static, problem, model, options: FlowOptions, observables):
     """One solve in ordinary time; returns what `clock.solve_arclength` returns."""
     ts = jnp.asarray(options.save_times())
     stop = jnp.asarray(options.stop_at_excess_risk)
-    sol = solver.integrate(params, static, problem, model, ts, stop, solver.numerics(options), observables)
-    saved, final_params = (jax.tree.map(np.asarray, s) for s in sol.ys)
+    sol = solver.integrate(y0, static, problem, model, ts, stop, solver.numerics(options), observables)
+    saved, final_state = (jax.tree.map(np.asarray, s) for s in sol.ys[:2])
     t_end = float(np.asarray(sol.ts[1])[0])
     times, values = solver.trim(np.asarray(sol.ts[0]), saved)
-    final_params = jax.tree.map(lambda x: jnp.asarray(x[0]), final_params)
+    values[solver.STEPS] = solver.steps_before(sol.ts[2], times)
+    final_state = jax.tree.map(lambda x: jnp.asarray(x[0]), final_state)
     status = solver.status(sol.result, {k: v[-1] for k, v in values.items()})
     stats = solver.stats(sol)
     info = dict(clock="plain", t_final=t_end, t_switch=math.nan, t_final_local=t_end,
                 num_steps_arclength=0, num_steps_plain=stats["num_steps"], **stats)
-    return np.zeros_like(times), times, values, final_params, status, info
+    return np.zeros_like(times), times, values, final_state, status, info

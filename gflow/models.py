@@ -46,6 +46,11 @@ class DeepLinear(eqx.Module):
             out += [b.shape[1]] * b.shape[0]
         return tuple(out)
 
+    def parameter_blocks(self) -> tuple[Float[Array, "m out in"], ...]:
+        """The trainable arrays in the layout of `weight_blocks` (an MLP's weights; a
+        residual network's V_k): applied to a gradient tree, the blocks of ∂R/∂W_k."""
+        raise NotImplementedError
+
     def layers(self) -> list[Float[Array, "out in"]]:
         """W_1, …, W_L as a list (unrolled; for checks and small models)."""
         return [w for b in self.weight_blocks() for w in b]
@@ -63,6 +68,9 @@ class MLP(DeepLinear):
     def weight_blocks(self):
         return self.blocks
 
+    def parameter_blocks(self):
+        return self.blocks
+
 
 class Residual(DeepLinear):
     """Residual linear network W_k = I + V_k (all d × d) with a fixed output vector p.
@@ -75,6 +83,9 @@ class Residual(DeepLinear):
 
     def weight_blocks(self):
         return (self.V + jnp.eye(self.V.shape[-1]),)
+
+    def parameter_blocks(self):
+        return (self.V,)
 
 
 def trainable(model: DeepLinear):

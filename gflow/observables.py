@@ -115,18 +115,22 @@ def per_interface(fn: Callable, *models: DeepLinear) -> jax.Array:
 
     With several models (of equal widths), fn gets the pair of each, in order.
     """
-    all_blocks = [m.weight_blocks() for m in models]
+    parts = interface_groups(fn, *(m.weight_blocks() for m in models))
+    return jnp.concatenate(parts) if parts else jnp.zeros((0,))
+
+
+def interface_groups(fn: Callable, *block_lists) -> list[jax.Array]:
+    """fn over consecutive pairs of layers, for one or more lists of blocks of equal shapes
+    (a network's `weight_blocks()`, or the gradient's): one stacked array per group of
+    pairs of equal shapes, in interface order (not concatenated: groups may differ in shape)."""
+    first = block_lists[0]
     parts = []
-    for i in range(len(all_blocks[0])):
-        if all_blocks[0][i].shape[0] > 1:
-            pairs = [x for bs in all_blocks for x in (bs[i][:-1], bs[i][1:])]
-            parts.append(jax.vmap(fn)(*pairs))
-        if i + 1 < len(all_blocks[0]):
-            pairs = [x for bs in all_blocks for x in (bs[i][-1:], bs[i + 1][:1])]
-            parts.append(jax.vmap(fn)(*pairs))
-    if not parts:
-        return jnp.zeros((0,))
-    return jnp.concatenate(parts)
+    for i in range(len(first)):
+        if first[i].shape[0] > 1:
+            parts.append(jax.vmap(fn)(*[x for bs in block_lists for x in (bs[i][:-1], bs[i][1:])]))
+        if i + 1 < len(first):
+            parts.append(jax.vmap(fn)(*[x for bs in block_lists for x in (bs[i][-1:], bs[i + 1][:1])]))
+    return parts
 
 
 def balance(lower, upper):

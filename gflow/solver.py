@@ -50,10 +50,28 @@ def numerics(options, loosen: float = 1.0) -> Numerics:
     return Numerics(options.solver, int(options.max_steps), jnp.asarray(float(rtol)), jnp.asarray(float(atol)))
 
 
-def vector_field(t, params, args):
-    """−∇R at the trainable leaves `params` (the rest of the model is in `args`)."""
+ENERGY = "energy_dissipated"
+"""Name of the extra state E(t) = ∫₀ᵗ ‖∇R‖² ds integrated with the flow (theory.md §8): the
+energy identity R(0) − R(t) = E(t) is then checkable at every save to solver tolerance."""
+
+
+STEPS = "solver_steps"
+"""Name of the record of accepted solver steps taken up to each save (tolerances that are
+budgets per step are applied per save interval with it)."""
+
+
+def vector_field(t, y, args):
+    """The flow on the state y = (W, E): dW/dt = −∇R at the trainable leaves W (the rest of
+    the model is in `args`), and dE/dt = ‖∇R‖²."""
+    params, _ = y
     static, problem, _ = args
-    return jax.tree.map(jnp.negative, obs.risk_gradient(eqx.combine(params, static), problem))
+    g = obs.risk_gradient(eqx.combine(params, static), problem)
+    return jax.tree.map(jnp.negative, g), obs.squared_norm(g)
+
+
+def initial_state(params):
+    """(W(0), E(0) = 0)."""
+    return params, jnp.zeros((), jax.tree.leaves(params)[0].dtype)
 
 
 def observe(observables, params, args) -> dict:
@@ -63,13 +81,18 @@ def observe(observables, params, args) -> dict:
     return {o.name: o(model, problem, initial) for o in observables}
 
 
-def diffeqsolve(params, static, problem, initial, t0, t1, saveat, stop, options: Numerics):
+def record(observables, y, args) -> dict:
+    """What a save holds: the observables at the state y = (W, E), and E itself."""
+    return {**observe(observables, y[0], args), ENERGY: y[1]}
+
+
+def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Numerics):
     """The one call to `diffrax.diffeqsolve` in ordinary time, shared by every entry point:
-    PID control, and a terminating event once R − R_min < `stop`."""
+    PID control on the state (W, E), and a terminating event once R − R_min < `stop`."""
 
     def converged(t, y, args, **kwargs):
         static, problem, _ = args
-        return problem.excess_risk(end_to_end(eqx.combine(y, static))) < stop
+        return problem.excess_risk(end_to_end(eqx.combine(y[0], static))) < stop
 
     return diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
@@ -77,7 +100,7 @@ def diffeqsolve(params, static, problem, initial, t0, t1, saveat, stop, options:
         t0=t0,
         t1=t1,
         dt0=None,
-        y0=params,
+        y0=y0,
         args=(static, problem, initial),
         saveat=saveat,
         stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol),
@@ -88,18 +111,33 @@ def diffeqsolve(params, static, problem, initial, t0, t1, saveat, stop, options:
 
 
 @eqx.filter_jit
-def integrate(params, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None):
-    """Ordinary-time solve over [t0, t1] (default [ts[0], ts[-1]]), observables at `ts` and t1."""
+def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None):
+    """Ordinary-time solve of the state y0 = (W, E) over [t0, t1] (default [ts[0], ts[-1]]),
+    with the observables and E at `ts` and t1."""
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
-    save = save_points(ts, lambda t, y, args: observe(observables, y, args))
-    return diffeqsolve(params, static, problem, initial, t0, t1, save, stop, options)
+    save = save_points(ts, lambda t, y, args: record(observables, y, args))
+    return diffeqsolve(y0, static, problem, initial, t0, t1, save, stop, options)
 
 
 def save_points(grid, save) -> diffrax.SaveAt:
     """`save(t, y, args)` at the times `grid` and at the end (one sub, so the observables
-    are traced and compiled once), plus the final state itself."""
-    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=grid, t1=True, fn=save), diffrax.SubSaveAt(t1=True)])
+    are traced and compiled once), the final state itself, and the time of every accepted
+    step (for [`steps_before`][]: how many steps each save interval took)."""
+    return diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=grid, t1=True, fn=save),
+            diffrax.SubSaveAt(t1=True),
+            diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: None),
+        ]
+    )
+
+
+def steps_before(step_times, save_times) -> np.ndarray:
+    """Accepted steps that ended at or before each save time (from `save_points`' record
+    of step times, in the solve's own clock)."""
+    ends = np.sort(np.asarray(step_times)[np.isfinite(step_times)])
+    return np.searchsorted(ends, np.asarray(save_times), side="right").astype(np.int64)
 
 
 def trim(t_saved, saved):

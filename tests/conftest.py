@@ -2,7 +2,48 @@ import jax
 import pytest
 
 import gflow
-from gflow import models, problem
+from gflow import models, problem, theory
+
+OBSERVABLES = (
+    "risk",
+    "excess_risk",
+    "grad_norm_sq",
+    "pl_ratio",
+    "pl_lower_bound",
+    "sharpness",
+    "singular_values",
+    "rank_one_gap",
+    "alignment",
+    "balance_drift",
+    "weight_norms",
+)
+"""Everything the checks of theory.md read."""
+
+TIGHT = dict(rtol=1e-10, atol=1e-14, t_max=1e12, saves=120, stop_at_excess_risk=1e-13)
+"""Solver settings of the runs held against the theorems in the tests."""
+
+
+def small_scale_mlp(prob, depth, scale, seed=0):
+    """A small-scale MLP satisfying (A2): W_1 → −W_1 flips the sign of R(W(0)) − ‖y‖²/n."""
+    model = models.mlp(jax.random.key(seed), models.mlp_widths(prob.d, depth, prob.d), scale)
+    if not theory.assumption_a2(model, prob)[0]:
+        layers = model.layers()
+        model = models.from_layers([-layers[0]] + layers[1:])
+    assert theory.assumption_a2(model, prob)[0]
+    return model
+
+
+@pytest.fixture(scope="session")
+def prob3():
+    """Small data for runs held against the theorems: n = 20, d = 3."""
+    return problem.gaussian(20, 3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def l4_run(prob3):
+    """GF at L = 4 in the corollary's regime (32L√ε ≤ 1, (A2) holds), every observable recorded."""
+    model = small_scale_mlp(prob3, 4, 5e-4)
+    return gflow.solve(model, prob3, gflow.FlowOptions(**TIGHT), observables=OBSERVABLES)
 
 
 @pytest.fixture(scope="session")

@@ -12,35 +12,7 @@ from scipy.optimize import minimize
 import gflow
 from gflow import models, observables as obs, problem, theory
 
-OBSERVABLES = (
-    "risk",
-    "excess_risk",
-    "grad_norm_sq",
-    "pl_ratio",
-    "pl_lower_bound",
-    "sharpness",
-    "singular_values",
-    "rank_one_gap",
-    "alignment",
-    "balance_drift",
-    "weight_norms",
-)
-TIGHT = dict(rtol=1e-10, atol=1e-14, t_max=1e12, saves=120, stop_at_excess_risk=1e-13)
-
-
-@pytest.fixture(scope="module")
-def prob3():
-    return problem.gaussian(20, 3, seed=1)
-
-
-def _small_scale_mlp(prob, depth, scale, seed=0):
-    """A small-scale MLP satisfying (A2): W_1 → −W_1 flips the sign of R(W(0)) − ‖y‖²/n."""
-    model = models.mlp(jax.random.key(seed), models.mlp_widths(prob.d, depth, prob.d), scale)
-    if not theory.assumption_a2(model, prob)[0]:
-        layers = model.layers()
-        model = models.from_layers([-layers[0]] + layers[1:])
-    assert theory.assumption_a2(model, prob)[0]
-    return model
+from tests.conftest import OBSERVABLES, TIGHT, small_scale_mlp as _small_scale_mlp
 
 
 @pytest.fixture(scope="module", params=[(3, 1e-3), (4, 5e-4)], ids=["L3", "L4"])
@@ -52,12 +24,6 @@ def corollary_run(request, prob3):
     ds = gflow.solve(model, prob3, gflow.FlowOptions(**TIGHT), observables=OBSERVABLES)
     assert ds.attrs["status"] == "converged"
     return ds
-
-
-@pytest.fixture(scope="module")
-def l4_run(prob3):
-    model = _small_scale_mlp(prob3, 4, 5e-4)
-    return gflow.solve(model, prob3, gflow.FlowOptions(**TIGHT), observables=OBSERVABLES)
 
 
 def _by_name(checks):
@@ -245,13 +211,18 @@ def test_every_check_holds_in_the_corollary_regime(corollary_run, prob3, with_pr
     names = {c.name for c in checks}
     expected = {
         "conservation", "conservation_final_weights", "final_weights_consistent", "monotone_risk",
-        "energy_identity", "pl_pointwise", "lemma_rank_one", "lemma_balanced_norms", "lemma_alignment",
-        "corollary_converges", "corollary_rank_one", "corollary_low_norm", "corollary_alignment",
-        "corollary_sharpness", "sharpness_lower_bound", "sharpness_norm_bound",
+        "energy_identity", "pl_pointwise", "assumption_a2", "lemma_rank_one", "lemma_balanced_norms",
+        "lemma_alignment", "corollary_converges", "corollary_rank_one", "corollary_low_norm",
+        "corollary_alignment", "corollary_sharpness", "sharpness_lower_bound", "sharpness_norm_bound",
+        "balanced_between_bounds", "hessian_psd_at_minimizer", "sharpness_gauss_newton",
     }
     assert expected <= names
+    need_data = {"hessian_psd_at_minimizer", "sharpness_gauss_newton"}
     bad = [(c.name, c.verdict, c.note) for c in checks if c.verdict != "holds"]
-    assert not bad
+    if with_problem:
+        assert not bad
+    else:  # the Hessian checks need Σ̂ and π*, which attrs do not hold
+        assert {b[0] for b in bad} == need_data and all(b[1] == "assumption not met" for b in bad)
     for c in checks:
         if c.margin is not None:
             assert c.margin >= 0
@@ -265,7 +236,7 @@ def test_every_check_holds_in_the_corollary_regime(corollary_run, prob3, with_pr
 
 def test_run_outside_the_corollary_regime_reports_unmet_assumptions(prob3, l4_run):
     """Scale 0.3 at the same shape: 32L√ε ≫ 1, so the corollary is reported, not judged;
-    the classical checks still hold and the energy identity covers part of the drop."""
+    the classical checks still hold and the energy identity covers every save."""
     model = models.mlp(jax.random.key(3), models.mlp_widths(3, 4, 3), 0.3)
     ds = gflow.solve(model, prob3, gflow.FlowOptions(**TIGHT), observables=OBSERVABLES)
     checks = _by_name(theory.check(ds, prob3))
@@ -274,7 +245,7 @@ def test_run_outside_the_corollary_regime_reports_unmet_assumptions(prob3, l4_ru
     assert checks["corollary_low_norm"].verdict == "assumption not met"
     for name in ("conservation", "monotone_risk", "pl_pointwise", "energy_identity", "sharpness_lower_bound"):
         assert checks[name].verdict == "holds", (name, checks[name].note)
-    assert "covering" in checks["energy_identity"].note
+    assert "covering the whole risk drop" in checks["energy_identity"].note
 
 
 @pytest.mark.slow
@@ -287,7 +258,8 @@ def test_residual_run_checks(prob3):
     assert not [c.name for c in checks.values() if c.verdict == "violated"]
     for name in ("conservation", "sharpness_lower_bound", "residual_products_upper_init", "residual_products_lower_init"):
         assert checks[name].verdict == "holds"
-    assert checks["lemma_rank_one"].verdict == "assumption not met"  # not an MLP with p = 1
+    assert checks["lemma_rank_one"].verdict == "not applicable"  # not an MLP with p = 1
+    assert checks["residual_products_final"].verdict == "trend only"
     assert checks["residual_theta"].verdict == "trend only"
     assert checks["residual_theta"].observed == pytest.approx(
         theory.residual_theta(gflow.trajectory.model_from(ds, "initial"), gflow.trajectory.model_from(ds)).max())

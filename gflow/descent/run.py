@@ -22,8 +22,16 @@ import xarray as xr
 from .. import observables as obs, theory, trajectory
 from ..models import DeepLinear, check_input_width, trainable
 from ..problem import Problem
+from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 from .batching import batch, unbatch_first
-from .scan import GridResult, GridSettings, InitialQuantities, grid, initial_quantities, record_steps
+from .scan import (
+    GridResult,
+    GridSettings,
+    InitialQuantities,
+    grid,
+    initial_quantities,
+    record_steps,
+)
 
 STATUSES = ("converged", "diverged", "stalled", "not_converged")
 """Per-run outcomes: excess risk below `tol` at the end; frozen after a blow-up; no
@@ -32,6 +40,12 @@ tenfold decrease of the excess risk over the second half of the run; still decre
 DEFAULT_OBSERVABLES = ("risk", "excess_risk", "distance_to_pi_star")
 
 _WEIGHTS = obs.Observable("weights", lambda m, p, i: None, ("param",), "flat trainable parameters")
+_BALANCE = (
+    obs.Observable(BALANCE_RESIDUAL, None, ("interface",),
+                   "‖D_k(t) − D_k(0) − η²Σ_j(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ)‖_F: zero for exact GD arithmetic"),
+    obs.Observable(MAX_WEIGHT_SQ, None, (), "largest Σ_k‖W_k‖_F² along the run so far"),
+)
+"""Recorded with `balance_drift`: GD tested against its exact conservation identity."""
 
 
 class Plan(NamedTuple):
@@ -110,8 +124,9 @@ def run(
     initial = initial_quantities(plan.params, plan.static, problem, lanczos_steps, initial_sharpness)
     risk0 = np.asarray(initial.risk)
     thresholds = np.full(risk0.size, diverge_above) if diverge_above is not None else diverge_factor * risk0
+    track = any(o.name == "balance_drift" for o in plan.observables)
     results = execute(plan, problem, thresholds, record_weights=record_weights,
-                      final_sharpness=final_sharpness, lanczos_steps=lanczos_steps)
+                      final_sharpness=final_sharpness, lanczos_steps=lanczos_steps, track_balance=track)
     settings = dict(
         method="gradient_descent",
         tol=tol,
@@ -122,7 +137,7 @@ def run(
         wall_time_s=_time.perf_counter() - start,
     )
     return assemble(plan, problem, initial, results, settings, record_weights=record_weights,
-                    final_sharpness=final_sharpness)
+                    final_sharpness=final_sharpness, track_balance=track)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -292,11 +307,12 @@ def assemble(
     *,
     record_weights: bool,
     final_sharpness: bool,
+    track_balance: bool = False,
 ) -> xr.Dataset:
     """The GD Dataset (see [`run`][]) from the plan, the initial quantities and the
     results of [`execute`][]; `settings` go to `attrs` after the problem and the bounds."""
     coords = _record_coordinates(plan)
-    recorded = plan.observables + ((_WEIGHTS,) if record_weights else ())
+    recorded = plan.observables + ((_WEIGHTS,) if record_weights else ()) + (_BALANCE if track_balance else ())
     records = _records(results, [o.name for o in recorded], coords["record"][1].size)
     data = trajectory.observable_variables(recorded, records, ("step_size", "seed", "record"))
     data.update(_outcomes(results, settings["tol"], final_sharpness))

@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 from .. import linalg, observables as obs
 from ..models import DeepLinear, end_to_end
 from ..problem import Problem
+from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 
 
 class Descent(NamedTuple):
@@ -64,6 +65,8 @@ class GridSettings(eqx.Module):
     - `record_weights`: also record the flat trainable parameters (`weights`).
     - `final_sharpness`: compute the Lanczos sharpness at the end of each run.
     - `lanczos_steps`: Lanczos steps of that sharpness.
+    - `track_balance`: carry η²Σ_j(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ) along the run and record how far
+      D_k(t) − D_k(0) is from it (`balance_residual`; see [`BalanceTracker`][]).
     """
 
     steps: int = eqx.field(static=True)
@@ -72,6 +75,46 @@ class GridSettings(eqx.Module):
     record_weights: bool = eqx.field(static=True)
     final_sharpness: bool = eqx.field(static=True)
     lanczos_steps: int = eqx.field(static=True)
+    track_balance: bool = eqx.field(static=True, default=False)
+
+
+
+
+class BalanceTracker(NamedTuple):
+    """What GD carries to test itself against an exact identity (theory.md §8).
+
+    One GD step changes D_k = W_{k+1}ᵀW_{k+1} − W_kW_kᵀ by exactly η²(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ),
+    G_k = ∂R/∂W_k (the first-order terms cancel). `increments` sums those terms per
+    interface (one array per group of equal shapes); `max_weight_sq` is the largest Σ_k‖W_k‖_F²
+    seen, the scale of the round-off.
+    """
+
+    increments: list[jax.Array]
+    max_weight_sq: jax.Array
+
+    @staticmethod
+    def start(model: DeepLinear) -> BalanceTracker:
+        zero = [jnp.zeros_like(d) for d in obs.interface_groups(obs.balance, model.weight_blocks())]
+        return BalanceTracker(zero, _weight_sq(model))
+
+    def step(self, model: DeepLinear, grad: DeepLinear, step_size, live) -> BalanceTracker:
+        """After the step from `model` along `grad` (a network whose parameter blocks are
+        the G_k); nothing changes for a frozen (diverged) run."""
+        terms = obs.interface_groups(obs.balance, grad.parameter_blocks())
+        scale = jnp.where(live, step_size**2, 0.0)
+        acc = [a + scale * t for a, t in zip(self.increments, terms)]
+        return BalanceTracker(acc, jnp.maximum(self.max_weight_sq, _weight_sq(model)))
+
+    def residual(self, model: DeepLinear, initial: DeepLinear) -> jax.Array:
+        """‖D_k(W) − D_k(W(0)) − η²Σ(…)‖_F per interface."""
+        now = obs.interface_groups(obs.balance, model.weight_blocks())
+        start = obs.interface_groups(obs.balance, initial.weight_blocks())
+        parts = [jnp.linalg.norm(d - d0 - a, axis=(-2, -1)) for d, d0, a in zip(now, start, self.increments)]
+        return jnp.concatenate(parts) if parts else jnp.zeros((0,))
+
+
+def _weight_sq(model: DeepLinear) -> jax.Array:
+    return sum(jnp.sum(b**2) for b in model.weight_blocks())
 
 
 def _excess(params, static, problem):
@@ -88,6 +131,23 @@ def _diverging(excess, problem, diverge_above):
     """Whether the risk R_min + `excess` is non-finite or above `diverge_above`."""
     risk = problem.R_min + excess
     return ~jnp.isfinite(risk) | (risk > diverge_above)
+
+
+def _recorder(static, problem, initial, diverge_above, observables, record_weights: bool):
+    """`record(q, k, div, track)`: what one record of a run keeps (NaN once it diverged)."""
+
+    def record(q, k, div, track):
+        model = eqx.combine(q, static)
+        out = {o.name: o(model, problem, initial) for o in observables}
+        if record_weights:
+            out["weights"] = ravel_pytree(q)[0]
+        if track is not None:
+            out[BALANCE_RESIDUAL] = track.residual(model, initial)
+            out[MAX_WEIGHT_SQ] = jnp.maximum(track.max_weight_sq, _weight_sq(model))
+        gone = ((div >= 0) & (div <= k)) | _diverging(_excess(q, static, problem), problem, diverge_above)
+        return {name: jnp.where(gone, jnp.nan, v) for name, v in out.items()}
+
+    return record
 
 
 def record_steps(steps: int, every: int) -> np.ndarray:
@@ -107,6 +167,7 @@ def descend(
     record_every: int,
     observables: tuple[obs.Observable, ...] = (),
     record_weights: bool = False,
+    track_balance: bool = False,
 ) -> Descent:
     """`steps` steps of GD from `eqx.combine(params, static)`, pure and jittable.
 
@@ -123,6 +184,7 @@ def descend(
     - `steps`, `record_every`: static ints; records at [`record_steps`][]`(steps, record_every)`.
     - `observables`: registry `Observable`s computed at the records.
     - `record_weights`: also record the flat trainable parameters.
+    - `track_balance`: also record `balance_residual` and `max_weight_sq` ([`BalanceTracker`][]).
 
     **Returns:** a [`Descent`][].
     """
@@ -131,36 +193,35 @@ def descend(
     half = steps // 2
 
     def step(carry, _):
-        q, k, div, mid = carry
+        q, k, div, mid, track = carry
         e, g = value_and_grad(q, static, problem)
         div = jnp.where((div < 0) & _diverging(e, problem, diverge_above), k, div)
         live = div < 0
+        if track is not None:
+            track = track.step(eqx.combine(q, static), eqx.combine(g, static), step_size, live)
         q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
         mid = jnp.where(k == half, e, mid)
-        return (q, k + 1, div, mid), None
+        return (q, k + 1, div, mid, track), None
 
-    def record(q, k, div):
-        model = eqx.combine(q, static)
-        out = {o.name: o(model, problem, initial) for o in observables}
-        if record_weights:
-            out["weights"] = ravel_pytree(q)[0]
-        gone = ((div >= 0) & (div <= k)) | _diverging(_excess(q, static, problem), problem, diverge_above)
-        return {name: jnp.where(gone, jnp.nan, v) for name, v in out.items()}
+    record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
 
     def chunk(carry, _):
         carry, _ = jax.lax.scan(step, carry, None, length=record_every)
-        q, k, div, _mid = carry
-        return carry, record(q, k, div)
+        q, k, div, _mid, track = carry
+        return carry, record(q, k, div, track)
 
     n_chunks, rest = divmod(steps, record_every)
-    carry = (params, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan))
+    track = BalanceTracker.start(initial) if track_balance else None
+    carry = (params, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
     one_record = lambda rec: jax.tree.map(lambda x: x[None], rec)  # noqa: E731
+    parts = [one_record(record(params, 0, -1, track))]
     carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
-    parts = [one_record(record(params, 0, -1)), recs]
+    parts.append(recs)
     if rest:
         carry, _ = jax.lax.scan(step, carry, None, length=rest)
-        parts.append(one_record(record(*carry[:3])))
-    q, k, div, mid = carry
+        q, k, div, _mid, track = carry
+        parts.append(one_record(record(q, k, div, track)))
+    q, k, div, mid, _ = carry
     div = jnp.where((div < 0) & _diverging(_excess(q, static, problem), problem, diverge_above), k, div)
     recs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
     return Descent(q, div, mid, recs)
@@ -175,6 +236,7 @@ def grid(params, static, problem, step_sizes, thresholds, settings: GridSettings
         run = descend(
             q, static, problem, eta, thr, steps=settings.steps, record_every=settings.record_every,
             observables=settings.observables, record_weights=settings.record_weights,
+            track_balance=settings.track_balance,
         )
         w = end_to_end(eqx.combine(run.final_params, static))
         final = dict(

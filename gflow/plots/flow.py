@@ -59,13 +59,15 @@ def risk(ds: xr.Dataset):
 
 
 def sharpness(ds: xr.Dataset):
-    """Sharpness S(W(t)) with S_lower ≤ S_min ≤ S_upper (theory.md §2)."""
-    b = theory.bounds_from_attrs(ds.attrs)
+    """Sharpness S(W(t)) beside the bracket of the flattest minimizer's S_min (theory.md §2):
+    S_lower ≤ S_min ≤ S_balanced ≤ S_upper (bounds on S_min, not on S(W(t)))."""
+    b = theory.bounds_from_dataset(ds)
 
     def draw(ax, part, t):
         ax.plot(t, part.sharpness, label="S(W(t))")
-        _hline(ax, b.get("S_lower"), "S_lower = 2cLa", "--", "C3")
-        _hline(ax, b.get("S_upper"), "S_upper", ":", "C3")
+        _hline(ax, b.get("S_lower"), "S_lower = 2cLa ≤ S_min", "--", "C3")
+        _hline(ax, b.get("S_balanced"), "S_balanced ≥ S_min", "-.", "C2")
+        _hline(ax, b.get("S_upper"), "S_upper ≥ S_min", ":", "C3")
 
     return panels(ds, "Sharpness (top Hessian eigenvalue)", "S(W(t))", draw)
 

@@ -2,9 +2,11 @@
 
 - `closed_forms`: the bounds of §2–§5 from a problem and a network;
 - `tolerances`: the numerical slack each check allows, and how it is derived;
-- `verdict`: [`Check`][], one statement held against one trajectory;
+- `curvature`: the Hessian at one network, and its split 2JᵀΣ̂J + B;
+- `verdict`: [`Check`][], one statement held against one trajectory, and `judge`;
 - `context`: [`RunContext`][], what every check of a GF trajectory needs, computed once;
-- `flow_checks`, `small_scale_checks`, `residual_checks`, `descent_checks`: the checks;
+- `flow_checks`, `small_scale_checks`, `residual_checks`, `curvature_checks`,
+  `descent_checks`: the checks;
 - `report`: tables, Markdown and JSON reports.
 
 Margins are the room left before a check fails, in the units of the quantity, the
@@ -27,21 +29,22 @@ from .closed_forms import (
     corollary_scale,
     critical_step_size,
     epsilon,
+    initial_constants,
     norm_sharpness_bound,
     partial_product_bounds,
     partial_product_extremes,
     residual_scale,
     residual_theta,
-    sharpness,
     sharpness_constant,
     slides_norm_sharpness_bound,
     smallness,
 )
 from .context import RunContext
+from .curvature import Curvature, final_curvature, sharpness
 from .descent_checks import check_descent
 from .flow_checks import check_flow
 from .report import exit_code, format_table, read_report, to_markdown, write_report
-from .tolerances import SAFETY, conservation_tolerance, local_error_bound
+from .tolerances import SAFETY, local_error_bound
 from .verdict import VERDICTS, Check
 
 
@@ -67,6 +70,7 @@ __all__ = [
     "SAFETY",
     "VERDICTS",
     "Check",
+    "Curvature",
     "RunContext",
     "assumption_a2",
     "balanced_minimizer",
@@ -75,13 +79,14 @@ __all__ = [
     "bounds_from_attrs",
     "bounds_from_dataset",
     "check",
-    "conservation_tolerance",
     "corollary_bounds",
     "corollary_scale",
     "critical_step_size",
     "epsilon",
     "exit_code",
+    "final_curvature",
     "format_table",
+    "initial_constants",
     "local_error_bound",
     "norm_sharpness_bound",
     "partial_product_bounds",

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import linalg
 from .. import observables as obs
 from ..models import DeepLinear, end_to_end, from_layers, trainable
 from ..problem import Problem
+from .tolerances import roundoff
 
 
 def sharpness_constant(pi_star_norm: float, depth: int, p_norm: float = 1.0) -> float:
@@ -43,9 +43,10 @@ def bounds(
     **Returns:** a dict with
     `c`; `S_lower` = 2cLa ≤ S_min ≤ `S_upper` = 2c√((2L−1)Λ² + (L−1)²a²) (also as
     `S_min_lower`, `S_min_upper`); `eta_crit` = 2/S_lower, above which GD cannot converge;
-    `S_balanced`, the sharpness of the balanced rank-one minimizer aligned with π*, only
-    when Σ̂ is given (it needs the whole matrix); `S_corollary_upper` = 4(Λ/λ)S_upper,
-    the small-scale corollary's ceiling; `S_reference_8LLam` = 8cLΛ, the authors' plotted
+    `S_balanced`, the sharpness of the balanced rank-one minimizer aligned with π* (an
+    upper bound on S_min), when Σ̂ is given or the dict holds it (a trajectory's `attrs`
+    do: it needs the whole matrix); `S_corollary_upper` = 4(Λ/λ)·S_balanced, the
+    small-scale corollary's ceiling (4(Λ/λ)·S_upper when S_balanced is unknown); `S_reference_8LLam` = 8cLΛ, the authors' plotted
     reference line; `sigma_low`, `sigma_high` = (‖π*‖/2)^{1/L}, (2‖π*‖)^{1/L}, the
     corollary's band for the layers' top singular values (MLP, p = 1).
     """
@@ -62,21 +63,25 @@ def bounds(
         S_min_lower=lower,
         S_min_upper=upper,
         eta_crit=2.0 / lower if lower > 0 else math.inf,
-        S_corollary_upper=4.0 * (Lam / lam) * upper if lam > 0 else math.inf,
         S_reference_8LLam=8.0 * c * L * Lam,
         sigma_low=(norm / 2.0) ** (1.0 / L),
         sigma_high=(2.0 * norm) ** (1.0 / L),
     )
     if isinstance(problem, Problem):
         out["S_balanced"] = balanced_sharpness(problem, L, p_norm)
+    elif math.isfinite(float(problem.get("S_balanced", math.nan))):
+        out["S_balanced"] = float(problem["S_balanced"])
+    ceiling = out.get("S_balanced", upper)
+    out["S_corollary_upper"] = 4.0 * (Lam / lam) * ceiling if lam > 0 else math.inf
     return out
 
 
 def bounds_from_attrs(attrs: dict, p_norm: float | None = None) -> dict[str, float]:
-    """[`bounds`][] from a trajectory's `attrs` (problem constants and `depth`).
+    """[`bounds`][] from a trajectory's `attrs` (problem constants, `depth`, and `p_norm`
+    and `S_balanced`, which every Dataset gflow writes records).
 
     `p_norm` defaults to `attrs["p_norm"]` when present, else 1 (the MLP, and the paper's
-    unit p); use [`bounds_from_dataset`][] to read ‖p‖ from the Dataset itself.
+    unit p); [`bounds_from_dataset`][] reads ‖p‖ from the Dataset itself: use it.
     """
     if p_norm is None:
         p_norm = float(attrs.get("p_norm", 1.0))
@@ -84,7 +89,8 @@ def bounds_from_attrs(attrs: dict, p_norm: float | None = None) -> dict[str, flo
 
 
 def bounds_from_dataset(ds) -> dict[str, float]:
-    """[`bounds`][] for a trajectory, with ‖p‖ read from its `p` variable."""
+    """[`bounds`][] for a trajectory, with ‖p‖ read from its `p` variable: the one source
+    of a trajectory's bounds for its checks, summary and figures."""
     p_norm = float(np.linalg.norm(ds["p"].values)) if "p" in ds else None
     return bounds_from_attrs(ds.attrs, p_norm)
 
@@ -186,12 +192,27 @@ def assumption_a2(model: DeepLinear, problem: Problem) -> tuple[bool, dict]:
 
     R(W(0)) − ‖y‖²/n = w₀ᵀΣ̂w₀ − 2w₀ᵀΣ̂π* is formed without cancellation: for a tiny
     init it is ~1e-14 and its sign is a coin flip (flipping the sign of W_1 flips it).
+    `risk_minus_y_sq_error` bounds its round-off: a value within it has no decidable sign,
+    and (A2) is then reported as not holding.
     """
     w0 = np.asarray(end_to_end(model))
     S, pi = np.asarray(problem.sigma), np.asarray(problem.pi_star)
-    diff = float(w0 @ S @ w0 - 2 * w0 @ S @ pi)
+    quad, cross = float(w0 @ S @ w0), float(w0 @ S @ pi)
+    diff = quad - 2 * cross
+    error = float(roundoff(abs(quad) + 2 * abs(cross)))
     grad0 = float(obs.grad_norm_sq(model, problem))
-    return diff <= 0 and grad0 > 0, dict(risk_minus_y_sq=diff, grad_norm_sq_initial=grad0)
+    numbers = dict(risk_minus_y_sq=diff, risk_minus_y_sq_error=error, grad_norm_sq_initial=grad0)
+    return diff < -error and grad0 > 0, numbers
+
+
+def initial_constants(model: DeepLinear, problem: Problem) -> dict[str, float]:
+    """What a trajectory records of its problem and initialization, so that its checks,
+    summary and figures need neither the data nor the network again: ‖p‖, S_balanced, and
+    (A2)'s numbers at t = 0 (see [`assumption_a2`][])."""
+    p_norm = float(np.linalg.norm(np.asarray(model.p)))
+    _, a2 = assumption_a2(model, problem)
+    return dict(p_norm=p_norm, S_balanced=balanced_sharpness(problem, model.depth, p_norm),
+                **{f"a2_{k}": v for k, v in a2.items()})
 
 
 def corollary_bounds(model: DeepLinear | Sequence, problem: Problem | dict) -> dict[str, float]:
@@ -252,8 +273,9 @@ def partial_product_bounds(s: float, d: int, u: float | None = None, failure: fl
 
     With probability ≥ 1 − 8 exp(−d u²/(32 s²)), for all θ with max_k ‖θ_k‖_2 ≤
     exp(−2s² − 4u)/64, every partial product P_k has ‖P_k‖_2 ≤ 4 exp(s²/2 + u) and
-    σ_min(P_k) ≥ exp(−2s²/d − u)/4 (exponents as stated, unverified). Without `u`, the
-    smallest u whose failure probability is `failure` is used.
+    σ_min(P_k) ≥ exp(−2s² − u)/4 (the slides print −2s²/d − u, which Monte Carlo refutes:
+    theory.md §8). Without `u`, the smallest u whose failure probability is `failure` is
+    used.
     """
     if u is None:
         u = math.sqrt(32.0 * s**2 * math.log(8.0 / failure) / d) if s > 0 else 0.0
@@ -262,25 +284,8 @@ def partial_product_bounds(s: float, d: int, u: float | None = None, failure: fl
         probability=1.0 - 8.0 * math.exp(-d * u**2 / (32.0 * s**2)) if s > 0 else 1.0,
         theta_radius=math.exp(-2.0 * s**2 - 4.0 * u) / 64.0,
         upper=4.0 * math.exp(s**2 / 2.0 + u),
-        lower=math.exp(-2.0 * s**2 / d - u) / 4.0,
+        lower=math.exp(-2.0 * s**2 - u) / 4.0,
     )
-
-
-def sharpness(model: DeepLinear, problem: Problem, dense_up_to: int = 400) -> float:
-    """S(W): dense Hessian and `eigvalsh` up to `dense_up_to` parameters (exact), else
-    Lanczos with 80 steps (a Ritz value, never above S; it matches the dense value to
-    1e-8 in tests/test_linalg.py). The dense Hessian costs P Hessian-vector products."""
-    n_params = sum(int(np.size(w)) for w in trainable_arrays(model))
-    return float(_top_eigenvalue(model, problem, n_params <= dense_up_to))
-
-
-@eqx.filter_jit
-def _top_eigenvalue(model, problem, dense: bool):
-    f, x = obs.flat_risk(model, problem)
-    if dense:
-        return jnp.linalg.eigvalsh(linalg.dense_hessian(f, x))[-1]
-    return linalg.top_hessian_eigenvalue(f, x, steps=80)
-
 
 
 def problem_constants(problem: Problem | dict) -> dict[str, float]:

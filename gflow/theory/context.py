@@ -11,34 +11,37 @@ import xarray as xr
 
 from ..models import DeepLinear
 from ..problem import Problem, is_full_rank
+from ..solver import ENERGY, STEPS
 from ..trajectory import model_from
 from . import closed_forms, tolerances
 from .closed_forms import layer_arrays, trainable_arrays
-from .tolerances import SAFETY
+from .curvature import Curvature, final_curvature
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RunContext:
     """One GF trajectory with the quantities its checks share.
 
-    Build it with [`RunContext.from_dataset`][]; the final sharpness (a dense Hessian when
-    the Problem is given) is computed on first use and kept.
+    Build it with [`RunContext.from_dataset`][]; the Hessian at the final point (dense at
+    paper size) is computed on first use and kept.
 
     **Fields:**
 
     - `ds`, `problem`: the trajectory and the data (None: constants from `attrs` only).
     - `initial`, `final`: the stored networks W(0) and W_final.
     - `depth`, `p_norm`: L and ‖p‖.
-    - `bounds`: [`bounds`][] for this depth and ‖p‖.
+    - `bounds`: [`bounds_from_dataset`][]: S_lower, S_balanced, S_upper, … of this run.
     - `times`, `t_end`: save times and the final time (`attrs["t_final"]`, else the last save).
     - `status`, `converged`: the solver's status, and whether it is "converged".
     - `full_rank`: whether Σ̂ has full rank ([`gflow.problem.is_full_rank`][]).
     - `has_steps`: whether `attrs` hold rtol, atol and a step count (else no solver tolerance).
-    - `N`, `delta`: accepted steps and the local error bound δ (0 and 0 without `has_steps`).
+    - `N`: accepted steps; `steps`: accepted steps up to each save (None when not recorded).
+    - `delta`, `delta_energy`: local error bounds of one step on W and on E (0 without
+      `has_steps`); the state (W, E) has P + 1 components.
     - `n_params`, `entry_max`, `weight_max`: P, the largest |entry| and the largest ‖W_k‖_F
       over both end points (and the recorded `weight_norms`).
-    - `conservation_tolerance`, `tolerance_note`: the allowed drift of D_k (inf without
-      `has_steps`) and how it was derived.
+    - `grad_max`, `sharp_max`: the largest recorded ‖∇R‖ (None when `grad_norm_sq` is not
+      recorded) and sharpness (0 when not recorded): scales of the budgets.
     """
 
     ds: xr.Dataset
@@ -55,19 +58,20 @@ class RunContext:
     full_rank: bool
     has_steps: bool
     N: int
+    steps: np.ndarray | None
     delta: float
+    delta_energy: float
     n_params: int
     entry_max: float
     weight_max: float
-    conservation_tolerance: float
-    tolerance_note: str
+    grad_max: float | None
+    sharp_max: float
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset, problem: Problem | None = None) -> RunContext:
         """Read the networks, constants and solver settings of a GF trajectory `ds`."""
         attrs = ds.attrs
         initial, final = model_from(ds, "initial"), model_from(ds, "final")
-        p_norm = float(np.linalg.norm(np.asarray(initial.p)))
         times = ds.time.values
         n_params = sum(int(np.size(w)) for w in trainable_arrays(initial))
         entry_max = max(_entry_max(initial), _entry_max(final))
@@ -77,15 +81,8 @@ class RunContext:
         has_steps = "flow_rtol" in attrs and "flow_atol" in attrs and (
             "num_accepted_steps" in attrs or "num_steps" in attrs
         )
-        cons_tol = (
-            tolerances.conservation_tolerance(attrs, n_params, entry_max, weight_max) if has_steps else math.inf
-        )
-        delta = tolerances.local_error_bound(attrs, n_params, entry_max) if has_steps else 0.0
-        N = tolerances.accepted_steps(attrs) if has_steps else 0
-        note = (
-            f"tolerance {SAFETY:g}·N(2‖W‖δ+δ²) with N={N} accepted steps, δ=√P(atol+rtol·M)="
-            f"{delta:.3g} (P={n_params}), ‖W‖≤{weight_max:.3g}"
-        )
+        energy_max = float(np.nanmax(np.abs(ds[ENERGY].values))) if ENERGY in ds else 0.0
+        n_state = n_params + 1
         status = str(attrs.get("status", "unknown"))
         return cls(
             ds=ds,
@@ -93,42 +90,75 @@ class RunContext:
             initial=initial,
             final=final,
             depth=initial.depth,
-            p_norm=p_norm,
-            bounds=closed_forms.bounds(attrs, initial.depth, p_norm),
+            p_norm=float(np.linalg.norm(np.asarray(initial.p))),
+            bounds=closed_forms.bounds_from_dataset(ds),
             times=times,
             t_end=float(attrs.get("t_final", times[-1])),
             status=status,
             converged=status == "converged",
             full_rank=is_full_rank(attrs["lam"], attrs["Lam"]),
             has_steps=has_steps,
-            N=N,
-            delta=delta,
+            N=tolerances.accepted_steps(attrs) if has_steps else 0,
+            steps=ds[STEPS].values if STEPS in ds else None,
+            delta=tolerances.local_error_bound(attrs, n_state, entry_max) if has_steps else 0.0,
+            delta_energy=tolerances.local_error_bound(attrs, n_state, energy_max) if has_steps else 0.0,
             n_params=n_params,
             entry_max=entry_max,
             weight_max=weight_max,
-            conservation_tolerance=cons_tol,
-            tolerance_note=note,
+            grad_max=None if "grad_norm_sq" not in ds else _recorded_max(ds, "grad_norm_sq", math.sqrt),
+            sharp_max=_recorded_max(ds, "sharpness"),
         )
 
     @property
     def attrs(self) -> dict:
         return self.ds.attrs
 
+    @property
+    def interval_steps(self) -> np.ndarray:
+        """Steps that can have moved the state within each save interval."""
+        return tolerances.steps_per_interval(self.steps, self.N, self.times.size)
+
+    @property
+    def steps_to_save(self) -> np.ndarray:
+        """Steps that can have moved the state from t = 0 to each save."""
+        return tolerances.steps_up_to(self.steps, self.N, self.times.size)
+
+    @property
+    def interface_widths(self) -> np.ndarray:
+        """d_1, …, d_{L−1}: the size of D_k at each interface."""
+        return np.asarray(self.initial.widths[1:-1])
+
     @functools.cached_property
+    def curvature(self) -> Curvature | None:
+        """∇²R at the final weights ([`final_curvature`][]); None without the Problem."""
+        return None if self.problem is None else final_curvature(self.final, self.problem)
+
+    @property
     def final_sharpness(self) -> tuple[float | None, str]:
         """(S(W_final), how it was obtained), or (None, "") when neither the Problem nor a
-        recorded `sharpness` is at hand. Recomputed from the weights when the Problem is
-        given ([`sharpness`][]: a dense Hessian at paper size), once per trajectory."""
-        if self.problem is not None:
-            return closed_forms.sharpness(self.final, self.problem), "recomputed from the stored final weights"
+        recorded `sharpness` is at hand."""
+        if self.curvature is not None:
+            how = "dense Hessian" if self.curvature.dense else "Lanczos"
+            return self.curvature.sharpness, f"recomputed from the stored final weights ({how})"
         if "sharpness" in self.ds:
             return float(self.ds.sharpness.values[-1]), "recorded at the last save (Lanczos; a lower estimate)"
         return None, ""
 
     @functools.cached_property
+    def final_svd(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(U, σ, Vᵀ) of each layer of W_final (numpy, full SVD)."""
+        return [np.linalg.svd(w) for w in layer_arrays(self.final)]
+
+    @functools.cached_property
     def epsilon(self) -> float:
         """ε of the initialization (theory.md §4)."""
         return closed_forms.epsilon(self.initial)
+
+
+def _recorded_max(ds: xr.Dataset, name: str, transform=float) -> float:
+    if name not in ds or not np.isfinite(ds[name].values).any():
+        return 0.0
+    return transform(float(np.nanmax(ds[name].values)))
 
 
 def _entry_max(model: DeepLinear) -> float:

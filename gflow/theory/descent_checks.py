@@ -3,14 +3,17 @@ runs that converge, S ≥ S_lower, and no convergence above η_crit."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 
 from ..problem import Problem, is_full_rank
+from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 from .closed_forms import bounds
 from .flow_checks import pl_pointwise
-from .tolerances import GD_RTOL
-from .verdict import Check, judge, missing
+from .tolerances import GD_RTOL, gd_balance_tolerance
+from .verdict import Check, judge, judge_worst, missing
 
 
 def check_descent(ds: xr.Dataset, problem: Problem | None = None) -> list[Check]:
@@ -24,6 +27,8 @@ def check_descent(ds: xr.Dataset, problem: Problem | None = None) -> list[Check]
     full_rank = is_full_rank(attrs["lam"], attrs["Lam"])
     if "pl_ratio" in ds and "time" in ds.dims:
         out.append(pl_pointwise(ds, ds.time.values))
+    if BALANCE_RESIDUAL in ds:
+        out.append(gd_conservation(ds))
     eta, S, status = _descent_runs(ds)
     if eta is None or status is None:
         out.append(missing("gd_stability", "S(W_final) ≤ 2/η for GD runs that converge", "linear stability of GD",
@@ -56,6 +61,25 @@ def check_descent(ds: xr.Dataset, problem: Problem | None = None) -> list[Check]
                      bound=b["eta_crit"],
                      note=f"{int(above.sum())} runs above η_crit, {int(bad.sum())} of them converged"))
     return out
+
+
+def gd_conservation(ds: xr.Dataset) -> Check:
+    """D_k(K) − D_k(0) = η²Σ_{j<K}(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ) at every record of every run that
+    has not diverged: an exact identity of GD on a product network, so only round-off may
+    separate the two sides."""
+    stmt = "one GD step changes D_k by exactly η²(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ): the recorded D_k(t) − D_k(0) equals the sum"
+    src = "GD and the conservation law, theory.md §8"
+    res = ds[BALANCE_RESIDUAL].transpose("step_size", "seed", "record", "interface").values
+    wsq = ds[MAX_WEIGHT_SQ].transpose("step_size", "seed", "record").values[..., None]
+    steps = ds["step"].values[:, None, :, None]
+    width = max(json.loads(ds.attrs["widths"])) if "widths" in ds.attrs else 1
+    tol = gd_balance_tolerance(steps, width, wsq)
+    ok = np.isfinite(res) & np.isfinite(np.broadcast_to(tol, res.shape))
+    res, tol = res[ok], np.broadcast_to(tol, ok.shape)[ok]
+    drift = f"; the drift itself reaches {float(np.nanmax(ds.balance_drift.values)):.3g}" if "balance_drift" in ds else ""
+    return judge_worst("gd_conservation", stmt, src, res, 0.0, tol, upper=True,
+                       note=f"{res.size} records of runs that had not diverged; tolerance "
+                       f"SAFETY·(K + 1)·3d·ε_mach·max‖W‖² (round-off only){drift}")
 
 
 def _descent_runs(ds: xr.Dataset):

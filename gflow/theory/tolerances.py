@@ -1,8 +1,15 @@
-"""How much numerical slack each check allows, and where it comes from.
+"""How much numerical slack each check allows, and where it comes from (theory.md §9).
 
 A check's margin is bound − observed + tolerance (or observed − bound + tolerance), so a
-tolerance is the part of a violation that solver error or round-off could explain. Each
-one is derived here from the solver's settings and what the trajectory records.
+tolerance is the part of a violation that solver error or round-off could explain. Two
+kinds of derivation appear:
+
+- *a-priori budgets*: the PID controller accepts a step only when its estimated local error
+  is within atol + rtol·|y| per component, so a quantity that the exact flow conserves (D_k,
+  R + E) or cannot increase (R) moves by at most a known amount per step; the budget of a
+  save interval is that amount times the steps taken inside it;
+- *measured*: statements that are algebra in a conserved quantity (the Lemma of §4) take the
+  drift of that quantity as recorded along the run.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import math
 import numpy as np
 
 SAFETY = 10.0
-"""Factor between the controller's accepted local error and what a check allows.
+"""Factor between the controller's accepted local error and what a budget allows.
 
 An embedded error estimate can underestimate the true local error by a modest factor;
 ten covers it without hiding a real violation (those are orders of magnitude larger).
@@ -21,9 +28,10 @@ ten covers it without hiding a real violation (those are orders of magnitude lar
 EPS64 = float(np.finfo(np.float64).eps)
 """Machine epsilon of float64, the unit of every round-off term."""
 
-RESOLVED = 1.5
-"""Largest ratio of ‖∇R‖² across a save interval (and its neighbours) for which the
-energy identity is checked on it: below it ‖∇R‖² is taken to be monotone between saves."""
+LEMMA_WEIGHT = 3.0
+"""Weight of each interface's drift in the Lemma's tolerance: ε combines the ‖D_j‖_2 (weight
+2) and the squared norms ‖W_k‖_F² (weight 3, tied to the D_j through their traces), so a
+drift ΔD_j moves the ε that the trajectory obeys by at most 3(1 + √d_j)‖ΔD_j‖_F."""
 
 PL_RTOL = 1e-9
 """Relative slack of the pointwise PL check: both sides are exact formulas, only
@@ -34,8 +42,9 @@ SHARPNESS_RTOL = 1e-6
 recorded Lanczos value is far more accurate than this)."""
 
 GD_RTOL = 0.02
-"""Relative slack of the GD checks: runs stop near, not at, a minimizer, and their final
-sharpness is an iterative estimate that underestimates."""
+"""Relative slack of the GD stability checks: a run that meets its stopping tolerance
+within its step budget may still sit near an unstable minimizer whose instability grows
+too slowly to show, and its final sharpness is an iterative estimate."""
 
 
 def accepted_steps(attrs: dict) -> int:
@@ -45,52 +54,111 @@ def accepted_steps(attrs: dict) -> int:
 
 def roundoff(scale):
     """8 ε_mach·|scale|: the round-off of a few float64 operations on numbers of that size."""
-    return 8 * EPS64 * scale
+    return 8 * EPS64 * np.abs(scale)
 
 
-def local_error_bound(attrs: dict, n_params: int, entry_max: float) -> float:
-    """δ = √P (atol + rtol·M): a bound on ‖local error‖_2 of one accepted step.
+def local_error_bound(attrs: dict, n_state: int, entry_max: float) -> float:
+    """δ = √n (atol + rtol·M): a bound on the Euclidean norm of one accepted step's local
+    error in any part of a state of n components, all of modulus ≤ M.
 
-    Diffrax's PID controller accepts a step when the RMS over all P parameters of
-    error_i / (atol + rtol·|y_i|) is ≤ 1; with every |y_i| ≤ M the Euclidean norm of the
-    error is then at most √P (atol + rtol·M).
+    Diffrax's PID controller accepts a step when the RMS over the n components of
+    error_i / (atol + rtol·|y_i|) is ≤ 1, so ‖error‖_2 ≤ √n (atol + rtol·M).
     """
     rtol, atol = float(attrs["flow_rtol"]), float(attrs["flow_atol"])
-    return math.sqrt(n_params) * (atol + rtol * entry_max)
+    return math.sqrt(n_state) * (atol + rtol * entry_max)
 
 
-def conservation_tolerance(attrs: dict, n_params: int, entry_max: float, weight_max: float) -> float:
-    """Allowed drift of D_k = W_{k+1}ᵀW_{k+1} − W_kW_kᵀ after a solve.
+def steps_per_interval(steps, N: int, n_saves: int) -> np.ndarray:
+    """Steps that can have moved the state between consecutive saves: the accepted steps
+    that ended inside the interval, plus the two steps that the interpolated saves at its
+    ends sit in. From the recorded cumulative `solver_steps`; without it, N + 2 for every
+    interval (the whole run's budget)."""
+    if steps is None:
+        return np.full(max(n_saves - 1, 0), N + 2.0)
+    return np.diff(np.asarray(steps, np.float64)) + 2.0
 
-    D_k is conserved by the exact flow from *any* point, so a numerical solution's D_k
-    moves only at the jumps the local errors make, and those add up without being
-    amplified. A jump δW moves D_k by at most 2‖W‖δ + δ² in Frobenius norm. Over N
-    accepted steps: N (2‖W‖_max δ + δ²), times [`SAFETY`][], plus round-off N·ε_mach‖W‖².
+
+def steps_up_to(steps, N: int, n_saves: int) -> np.ndarray:
+    """Steps that can have moved the state from t = 0 to each save (the cumulative record
+    plus the step the save sits in; N + 1 for every save without the record)."""
+    if steps is None:
+        return np.full(n_saves, N + 1.0)
+    return np.asarray(steps, np.float64) + 1.0
+
+
+def conservation_tolerance(n_steps, weight_max: float, delta: float):
+    """Allowed change of D_k = W_{k+1}ᵀW_{k+1} − W_kW_kᵀ over `n_steps` steps.
+
+    D_k is conserved by the exact flow from any point, so a numerical solution's D_k moves
+    only at the jumps its local errors make, and those add up without being amplified. A
+    jump δW moves D_k by at most 2‖W‖δ + δ² in Frobenius norm, hence SAFETY·n(2‖W‖δ + δ²),
+    plus round-off 10·n·ε_mach‖W‖² of forming D_k.
     """
-    N = accepted_steps(attrs)
-    delta = local_error_bound(attrs, n_params, entry_max)
-    return SAFETY * N * (2.0 * weight_max * delta + delta**2) + 10.0 * N * EPS64 * weight_max**2
+    n = np.asarray(n_steps, np.float64)
+    return SAFETY * n * (2.0 * weight_max * delta + delta**2) + 10.0 * n * EPS64 * weight_max**2
 
 
-def alignment_tolerance(conservation_tol: float, sigma):
-    """(conservation tolerance)/σ²: the Lemma's alignment bound 1 − ε/σ² moves by at most
-    this when ε, which D_k bounds, is off by the conservation tolerance."""
-    return conservation_tol / sigma**2
+def risk_increase_tolerance(n_steps, grad_max: float, delta: float, scale):
+    """How much R may rise over `n_steps` steps: the exact flow never raises it, and a local
+    error e moves R by at most ‖∇R‖‖e‖, hence SAFETY·n·max‖∇R‖·δ, plus round-off of a risk
+    of size `scale`."""
+    return SAFETY * np.asarray(n_steps, np.float64) * grad_max * delta + roundoff(scale)
 
 
-def risk_tolerance(N: int, delta: float, grad_norm, scale):
-    """SAFETY·N·‖∇R‖·δ + round-off of a risk of size `scale`: the change of R that N local
-    errors can make, since a local error e moves R by at most ‖∇R‖‖e‖ ≤ ‖∇R‖δ."""
-    return SAFETY * N * grad_norm * delta + roundoff(scale)
+def energy_tolerance(n_steps, grad_max: float, delta: float, delta_energy: float, sharp_max: float, scale):
+    """Allowed |R(0) − R(t) − E(t)| after `n_steps` steps.
 
-
-def gradient_norm_stand_in(S_upper: float, risk0: float) -> float:
-    """√(2·S_upper·max(R(0), 1)), used for max‖∇R‖ when ‖∇R‖² is not recorded.
-
-    The form ‖∇R‖² ≤ 2β(R − inf R) of a β-smooth function, with β taken as S_upper and
-    R − inf R ≤ max(R(0), 1): a heuristic scale, not a bound along the whole path.
+    Φ = R(W) + E is conserved by the exact augmented flow (dE/dt = ‖∇R‖² = −dR/dt) from any
+    point, so, as for D_k, only the local errors (e_W, e_E) move it: by at most
+    ‖∇R‖‖e_W‖ + ½S‖e_W‖² + |e_E| each. Hence SAFETY·n(max‖∇R‖·δ + ½S_max·δ² + δ_E), plus
+    round-off of numbers of size `scale`.
     """
-    return math.sqrt(2 * S_upper * max(float(risk0), 1.0))
+    n = np.asarray(n_steps, np.float64)
+    return SAFETY * n * (grad_max * delta + 0.5 * sharp_max * delta**2 + delta_energy) + roundoff(scale)
+
+
+def lemma_tolerance(drift, interface_widths, weight_sq_max: float):
+    """Tolerance of the Lemma's inequalities at each save, from the measured drift.
+
+    The Lemma's invariants are algebra in the D_k; the numerical trajectory obeys them with ε
+    computed from D_k(t) instead of D_k(0), which differs by at most
+    Σ_j LEMMA_WEIGHT·(1 + √d_j)·‖D_j(t) − D_j(0)‖_F ([`LEMMA_WEIGHT`][]; d_j the width at
+    interface j), plus round-off of SVDs of matrices of squared norm ≤ `weight_sq_max`.
+    `drift` has shape (saves, interfaces) or (interfaces,).
+    """
+    weights = LEMMA_WEIGHT * (1.0 + np.sqrt(np.asarray(interface_widths, np.float64)))
+    return np.asarray(drift, np.float64) @ weights + roundoff(weight_sq_max)
+
+
+def distance_to_limit(excess: float, pl_constant: float) -> float:
+    """A bound on ‖W(t) − W(∞)‖ from R − R_min = `excess` under the PL inequality.
+
+    Along GF, d√(R − R_min)/dt ≤ −(√μ/2)‖∇R‖ when ‖∇R‖² ≥ μ(R − R_min), so the rest of the path
+    is at most 2√((R − R_min)/μ) long. μ is taken as half the pointwise PL lower bound at the
+    last save, which changes little once the run has converged.
+    """
+    if not (pl_constant > 0) or not np.isfinite(excess):
+        return math.inf
+    return 2.0 * math.sqrt(max(excess, 0.0) / (pl_constant / 2.0))
+
+
+def hessian_tolerance(residual_norm: float, n_params: int, hessian_norm: float) -> float:
+    """‖B‖_2 + round-off: at a point where w(W) is within reach of π*, ∇²R = 2JᵀΣ̂J + B with
+    B = ∇²⟨g, w(W)⟩ (g = 2Σ̂(w − π*)), so by Weyl's inequality every eigenvalue of ∇²R is
+    within ‖B‖_2 of one of 2JᵀΣ̂J ⪰ 0; round-off of a dense P × P eigenproblem is about
+    P·ε_mach‖∇²R‖."""
+    return residual_norm + 10.0 * n_params * EPS64 * hessian_norm
+
+
+def gd_balance_tolerance(steps, width: int, weight_sq_max):
+    """Round-off allowed in the GD identity D_k(K) − D_k(0) = η²Σ_j(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ).
+
+    The identity is exact in exact arithmetic; per step the update, the products forming D_k
+    and the cancelling first-order terms each carry round-off of about d·ε_mach‖W‖² (d the
+    largest width, ‖ηG‖ ≤ 2‖W‖ for a run that has not diverged). Over K steps:
+    SAFETY·(K + 1)·3d·ε_mach·max‖W‖².
+    """
+    return SAFETY * (np.asarray(steps, np.float64) + 1.0) * 3.0 * width * EPS64 * np.asarray(weight_sq_max)
 
 
 def excess_risk_tolerance(recorded: float, recomputed: float, Lam: float, pi_star_norm_sq: float) -> float:

@@ -7,7 +7,11 @@ import math
 
 import numpy as np
 
-VERDICTS = ("holds", "violated", "assumption not met", "trend only")
+VERDICTS = ("holds", "violated", "assumption not met", "trend only", "not applicable")
+"""What a check can say: the statement holds within its tolerance; it is violated while its
+hypotheses hold (exit status 1); a hypothesis fails, so nothing is claimed; the statement has
+unknown constants and the value is reported as a trend; or it does not apply to this kind of
+run, or there was nothing to judge."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,41 @@ def judge(name, statement, source, observed, bound, *, upper, time=None, toleran
     else:
         verdict = "holds" if margin >= 0 else "violated"
     return Check(name, statement, source, verdict, observed, bound, margin, time, float(tolerance), note)
+
+
+def judge_worst(name, statement, source, observed, bound, tolerance, *, upper, times=None, time=None,
+                assumptions=True, note="", where=None, informative=None) -> Check:
+    """The tightest of many instances of one statement: `observed`, `bound` and `tolerance`
+    are broadcast together (axis 0 indexes `times`) and the instance with the smallest
+    margin, in units of its own tolerance, decides. A NaN instance counts as the worst; no instance at all gives "not
+    applicable" (a check never holds on an empty set). `where(index)` describes the
+    deciding instance in the note; `time` is reported when `times` is not given.
+
+    `informative` marks the instances where the bound could be violated by a value the
+    quantity can take (e.g. an alignment bound > 0): when there is none, the statement is
+    vacuous on this run and the verdict says "not applicable" instead of a hollow "holds".
+    """
+    o, b, t = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (observed, bound, tolerance)))
+    if o.size == 0:
+        return Check(name, statement, source, "not applicable", note=_join("nothing to judge", note))
+    if informative is not None:
+        mask = np.broadcast_to(np.asarray(informative, bool), o.shape)
+        if not mask.any():
+            return Check(name, statement, source, "not applicable",
+                         note=_join("vacuous here: the bound lies outside the quantity's range everywhere", note))
+        note = _join(note, f"{int(mask.sum())} of {mask.size} instances informative")
+    margin = (b - o if upper else o - b) + t
+    closeness = margin / np.where(t > 0, t, 1.0)  # in units of each instance's own tolerance
+    idx = np.unravel_index(int(np.argmin(np.where(np.isnan(margin), -np.inf, closeness))), o.shape)
+    if times is not None and o.ndim > 0:
+        time = float(np.asarray(times)[idx[0]])
+    head = where(idx) if where is not None else ""
+    return judge(name, statement, source, o[idx], b[idx], upper=upper, time=time, tolerance=t[idx],
+                 assumptions=assumptions, note=_join(head, note))
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def missing(name, statement, source, what) -> Check:

@@ -1,0 +1,122 @@
+"""The Hessian of R at one network: its extreme eigenvalues, and its split at a minimizer.
+
+With w(W) the end-to-end regressor and g = 2Σ̂(w − π*), the risk's Hessian is exactly
+
+    ∇²R(W) = 2JᵀΣ̂J + B,    J = ∂w/∂W,   B = ∇²_W⟨g, w(W)⟩   (g held fixed),
+
+so at a global minimizer (g = 0) it is 2JᵀΣ̂J: positive semidefinite, with the same nonzero
+eigenvalues as the d × d matrix 2Σ̂^{1/2}JJᵀΣ̂^{1/2} (theory.md §8). [`final_curvature`][]
+computes the three pieces independently, so that the checks can compare them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .. import linalg
+from .. import observables as obs
+from ..models import DeepLinear, end_to_end, trainable
+from ..problem import Problem
+
+DENSE_UP_TO = 400
+"""Networks with at most this many trainable parameters get dense Hessians (exact
+eigenvalues, P Hessian-vector products); larger ones Lanczos with `LANCZOS_STEPS` steps."""
+
+LANCZOS_STEPS = 80
+
+LANCZOS_NORM_SAFETY = 1.5
+"""Lanczos Ritz values lie inside the spectrum, so ‖B‖ from Lanczos is a lower estimate;
+it is inflated by this factor where a tolerance needs an upper bound."""
+
+
+class Curvature(NamedTuple):
+    """The Hessian of R at one network.
+
+    - `sharpness`, `min_eigenvalue`: largest and smallest eigenvalue of ∇²R.
+    - `gauss_newton_top`: largest eigenvalue of 2JᵀΣ̂J (through the d × d form).
+    - `residual_norm`: ‖B‖_2 (an upper estimate when `dense` is False).
+    - `hessian_norm`: max |eigenvalue| of ∇²R, the scale of its round-off.
+    - `n_params`, `dense`: P, and whether the eigenvalues are exact (dense) or Lanczos.
+    """
+
+    sharpness: float
+    min_eigenvalue: float
+    gauss_newton_top: float
+    residual_norm: float
+    hessian_norm: float
+    n_params: int
+    dense: bool
+
+
+def n_trainable(model: DeepLinear) -> int:
+    """P, the number of trainable parameters."""
+    return sum(int(np.size(x)) for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
+
+
+def sharpness(model: DeepLinear, problem: Problem, dense_up_to: int = DENSE_UP_TO) -> float:
+    """S(W): dense Hessian and `eigvalsh` up to `dense_up_to` parameters (exact), else
+    Lanczos with 80 steps (a Ritz value, never above S)."""
+    return float(_extremes(model, problem, n_trainable(model) <= dense_up_to)[1])
+
+
+def final_curvature(model: DeepLinear, problem: Problem, dense_up_to: int = DENSE_UP_TO) -> Curvature:
+    """∇²R at `model`: its extreme eigenvalues, 2JᵀΣ̂J's top eigenvalue and ‖B‖_2, each
+    computed on its own (B by differentiating ⟨g, w(W)⟩ twice, not as a difference)."""
+    P = n_trainable(model)
+    dense = P <= dense_up_to
+    lo, hi = (float(v) for v in _extremes(model, problem, dense))
+    b_lo, b_hi = (float(v) for v in _residual_extremes(model, problem, dense))
+    b_norm = max(abs(b_lo), abs(b_hi)) * (1.0 if dense else LANCZOS_NORM_SAFETY)
+    return Curvature(hi, lo, _gauss_newton_top(model, problem), b_norm, max(abs(lo), abs(hi)), P, dense)
+
+
+def _flat(model: DeepLinear):
+    """(flat trainable parameters, x ↦ the network with those parameters)."""
+    params, static = eqx.partition(model, trainable(model))
+    flat, unravel = ravel_pytree(params)
+    return flat, lambda x: eqx.combine(unravel(x), static)
+
+
+def _ends(f, x, dense: bool):
+    if dense:
+        eig = jnp.linalg.eigvalsh(linalg.dense_hessian(f, x))
+    else:
+        _, lin = jax.linearize(jax.grad(f), x)
+        eig = linalg.lanczos_ritz_values(lin, x.shape[0], LANCZOS_STEPS)
+    return eig[0], eig[-1]
+
+
+@eqx.filter_jit
+def _extremes(model, problem, dense: bool):
+    """(smallest, largest) eigenvalue of ∇²R."""
+    f, x = obs.flat_risk(model, problem)
+    return _ends(f, x, dense)
+
+
+@eqx.filter_jit
+def _residual_extremes(model, problem, dense: bool):
+    """(smallest, largest) eigenvalue of B = ∇²⟨g, w(W)⟩ with g = 2Σ̂(w − π*) fixed."""
+    x, network = _flat(model)
+    g = jax.lax.stop_gradient(problem.risk_gradient(end_to_end(model)))
+    return _ends(lambda z: g @ end_to_end(network(z)), x, dense)
+
+
+@eqx.filter_jit
+def _jacobian(model):
+    x, network = _flat(model)
+    return jax.jacfwd(lambda z: end_to_end(network(z)))(x)
+
+
+def _gauss_newton_top(model: DeepLinear, problem: Problem) -> float:
+    """λ_max(2JᵀΣ̂J) = λ_max(2Σ̂^{1/2}JJᵀΣ̂^{1/2}): a d × d problem whatever P is."""
+    J = np.asarray(_jacobian(model))
+    eig, V = np.linalg.eigh(np.asarray(problem.sigma))
+    root = (V * np.sqrt(np.clip(eig, 0.0, None))) @ V.T
+    M = root @ (J @ J.T) @ root
+    return float(2.0 * np.linalg.eigvalsh((M + M.T) / 2)[-1])
