@@ -111,11 +111,9 @@ def _check(args) -> int:
 def _sweep(args) -> int:
     from . import experiment, sweep
     from . import scenario as scen
-    from .compilation import compilation_cache
 
     scenario = scen.load(args.scenario)
     sweep.plan(scenario)  # bad input answers before a cluster starts
-    compilation_cache()
     out = args.out if args.out is not None else experiment.default_folder(scenario)
     if args.dask is not None and args.workers is not None:
         return _fail("give --dask ADDRESS or --workers N, not both")
@@ -136,6 +134,7 @@ def _sweep(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # --help answers before the heavy imports
 
+    from .compilation import compilation_cache
     from .experiment import OutputExistsError
     from .files import DamagedFileError, FolderInUseError
     from .models import ShapeError
@@ -144,6 +143,7 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.formatwarning = lambda message, *a, **k: f"gflow: warning: {message}\n"
+    compilation_cache()  # every command: a program compiled once is read from disk next time
     try:
         return {"run": _run, "check": _check, "sweep": _sweep}[args.command](args)
     except (ScenarioError, DataError, ShapeError, OutputExistsError, DamagedFileError, FolderInUseError) as e:

@@ -10,8 +10,8 @@ import jax
 
 
 def compilation_cache(path: str | None = None) -> str | None:
-    """Turn on JAX's persistent compilation cache, so that the processes of `make paper`
-    and the Dask workers compile each program once. Used by `gflow sweep`.
+    """Turn on JAX's persistent compilation cache, so that every `gflow` command, the
+    processes of `make paper` and the Dask workers compile each program once.
 
     The folder is `path`, else `$GFLOW_JAX_CACHE`, else ~/.cache/gflow/jax;
     `GFLOW_JAX_CACHE=off` leaves the cache off. Returns the folder (None: off).
@@ -20,5 +20,5 @@ def compilation_cache(path: str | None = None) -> str | None:
     if path == "off":
         return None
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up: cache all
     return path
