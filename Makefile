@@ -10,7 +10,7 @@ OUT ?= runs/small_scale
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,dask]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,dask,datasets]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -22,6 +22,7 @@ EXIT_BAD_INPUT = 2
 EXIT_VIOLATED = 1
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 3
+INTERRUPTED = "interrupted; finished files are kept, nothing half-written was left behind"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +125,18 @@ def _sweep(args) -> int:
             result = sweep.run(scenario, out, overwrite=args.overwrite, quiet=args.quiet, client=client)
     except sweep.DaskMissingError:
         return _fail("--dask/--workers need Dask: pip install 'gflow[dask]'")
+    except KeyboardInterrupt:
+        from .sweep.driver import chunk_running
+
+        if not chunk_running():
+            raise
+        # Ctrl-C came while a chunk computed: its thread runs on inside XLA (nothing stops
+        # it), and interpreter shutdown under it aborts the process. The folder is complete
+        # (lock released, nothing half-written): say so and leave at once.
+        _fail(INTERRUPTED, EXIT_INTERRUPTED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     if not args.quiet:
         counts = result.runs.groupby(["step_size", "status"]).size().unstack(fill_value=0)
         print(counts.to_string())
@@ -149,7 +162,7 @@ def main(argv=None) -> int:
     except (ScenarioError, DataError, ShapeError, OutputExistsError, DamagedFileError, FolderInUseError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        return _fail("interrupted; finished files are kept, nothing half-written was left behind", EXIT_INTERRUPTED)
+        return _fail(INTERRUPTED, EXIT_INTERRUPTED)
     except OSError as e:  # a folder that cannot be written, a full disk, …
         return _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except Exception as e:  # noqa: BLE001 (a bug: one line, not a traceback that reads like exit 1)

@@ -19,7 +19,7 @@ import numpy as np
 import optimistix as optx
 
 from . import observables as obs, solver
-from .models import DeepLinear, end_to_end, trainable
+from .models import DeepLinear, trainable
 from .problem import Problem
 
 AUTO_PLATEAU_TIME = 1e8
@@ -84,7 +84,7 @@ def plateau_time(model: DeepLinear, problem: Problem):
     ) / jnp.log(10.0)
 
 
-_excess_risk = eqx.filter_jit(obs.excess_risk)
+_suboptimality = eqx.filter_jit(obs.suboptimality)
 
 
 @eqx.filter_jit
@@ -92,14 +92,15 @@ def integrate_plateau(y0, static, problem, initial, grid, clock, stop, options: 
     """Phase 1 of the "arclength" clock: σ from 0 until the switch, t_max, or failure.
 
     `clock = (log t_c, u_max, σ_max, excess risk at which to switch)`. The switch happens at
-    the end of the step on which R − R_min falls below its threshold (where exactly does not
+    the end of the step on which R − R_min (R itself for a network with an activation:
+    `gflow.observables.suboptimality`) falls below its threshold (where exactly does not
     matter: both clocks follow the same path); the horizon t = t_max is located exactly by a
     root find on the dense output. Saves at σ = `grid` and at the end; `y0 = (W, E)`.
     """
     log_tc, u_max, s_max, e_switch = clock
 
     def switched(t, y, args, **kwargs):
-        return problem.excess_risk(end_to_end(eqx.combine(y[0][0], static))) <= jnp.maximum(e_switch, stop)
+        return obs.suboptimality(eqx.combine(y[0][0], static), problem) <= jnp.maximum(e_switch, stop)
 
     def horizon(t, y, args, **kwargs):
         return y[1] - u_max
@@ -205,7 +206,7 @@ def solve_arclength(y0, static, problem, model, options, observables):
     t_c = options.first_time()
     numerics, rough = solver.numerics(options), solver.numerics(options, PASS1_LOOSEN)
     u_max = _log1p_ratio(options.t_max, t_c)
-    e0 = float(_excess_risk(model, problem))
+    e0 = float(_suboptimality(model, problem))
     clock = tuple(jnp.asarray(v) for v in (math.log(t_c), u_max, u_max + ARC_MAX, options.switch_at * e0))
     stop = jnp.asarray(options.stop_at_excess_risk)
     n1 = max(2, options.saves // 2)

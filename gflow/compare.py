@@ -5,6 +5,9 @@
   approximately, from a GF Dataset's `end_to_end` record.
 - [`run_comparison`][]: GF (Diffrax) and GD (`gflow.descent`) from the same networks,
   with that distance.
+- [`finite_step_flows`][]: the modified and the central flow (continuous-time models of
+  GD at a finite η, theory.md §11) at every step size of a GD Dataset, with their distance
+  to GD.
 - [`descent_for_scenario`][]: the same for a scenario's `[descent]` section (what
   `gflow run` does with it).
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,7 @@ from .plots.descent import (
     distance_vs_step_size,
     divergence_vs_step_size,
     figures,
+    risk_vs_time,
     save_figures,
     sharpness_vs_step_size,
     sharpness_vs_time,
@@ -42,17 +45,23 @@ from .tables import summary_table
 __all__ = [
     "descent_for_scenario",
     "distance_to_flow",
+    "finite_step_flows",
     "run_comparison",
     # re-exported from gflow.plots.descent and gflow.tables
     "distance_to_flow_figure",
     "distance_vs_step_size",
     "divergence_vs_step_size",
     "figures",
+    "risk_vs_time",
     "save_figures",
     "sharpness_vs_step_size",
     "sharpness_vs_time",
     "summary_table",
 ]
+
+
+FINITE_STEP = ("modified", "central")
+"""The continuous-time models of GD at a finite step size that can stand beside it."""
 
 
 # --- distance to the flow ----------------------------------------------------------------
@@ -61,9 +70,8 @@ __all__ = [
 def _flat_at(sol: flow.DenseSolution, times: np.ndarray) -> np.ndarray:
     """Flat trainable parameters of the GF solution at `times` (NaN past a t_max it did
     not converge by; clamped to t_final after a convergence event, where W has stopped)."""
-    t_end = float(sol.solution.ts[-1])
-    converged = bool(sol.solution.result == diffrax.RESULTS.event_occurred)
-    ok = np.isfinite(times) & ((times <= t_end * (1 + 1e-12)) | converged)
+    t_end = sol.t_final
+    ok = np.isfinite(times) & ((times <= t_end * (1 + 1e-12)) | sol.converged)
     t = jnp.asarray(np.where(ok, np.minimum(np.nan_to_num(times), t_end), 0.0))
     out = np.array(_flat_at_times(sol, t.ravel())).reshape(*times.shape, -1)
     out[~ok] = np.nan
@@ -136,7 +144,7 @@ def distance_to_flow(
 
 @eqx.filter_jit
 def _ends_at_times(sol, ts):
-    return jax.vmap(lambda t: end_to_end(sol.model_at(jnp.minimum(t, sol.solution.ts[-1]))))(ts)
+    return jax.vmap(lambda t: end_to_end(sol.model_at(jnp.minimum(t, sol.phases[-1].ts[-1]))))(ts)
 
 
 def _as_distance(diff, gd, what):
@@ -198,12 +206,57 @@ def run_comparison(
     return gf, gd
 
 
-def descent_for_scenario(scenario, problem: Problem, model: DeepLinear) -> xr.Dataset:
+def finite_step_flows(
+    model: DeepLinear,
+    problem: Problem,
+    gd: xr.Dataset,
+    options: flow.FlowOptions,
+    dynamics: Sequence[str] = FINITE_STEP,
+    observables: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, xr.Dataset]:
+    """The modified and/or central flow at every step size η of `gd`, from `model` (the
+    initialization of GD's seed index `seed`), each over that η's GD horizon steps·η.
+
+    **Arguments:**
+
+    - `model`, `problem`: the network at t = 0 and the data.
+    - `gd`: a GD Dataset from `model` with its `weights` record (`record_weights=True`).
+    - `options`: the `FlowOptions` of the flows (their `dynamics`, `step_size`, `t_max` and
+      `t_first`, GD's first record, are set here).
+    - `dynamics`: which flows ("modified", "central").
+    - `observables`: recorded along the flows (None: the defaults).
+
+    **Returns:** the flows' trajectories by name "<dynamics>-eta<η>"; `gd` gets
+    `distance_to_<dynamics>` on (step_size, seed, record): ‖W_GD(kη) − W_flow(kη)‖ for
+    that seed, from the flow's dense solution (NaN for the other seeds).
+    """
+    flows = {}
+    for name in dynamics:
+        distance = np.full((gd.sizes["step_size"], gd.sizes["seed"], gd.sizes["record"]), np.nan)
+        for i, eta in enumerate(gd.step_size.values):
+            t = gd.time.values[i]
+            first = float(np.nanmin(t[t > 0]))  # log-spaced saves from GD's first record on
+            opts = dataclasses.replace(options, dynamics=name, step_size=float(eta), t_max=float(np.nanmax(t)),
+                                       t_first=first if first < np.nanmax(t) else None, clock="plain")
+            flows[f"{name}-eta{eta:g}"] = flow.solve(model, problem, opts, observables)
+            one = gd.isel(step_size=[i], seed=[seed])
+            distance[i, seed] = distance_to_flow(one, flow.dense_solution(model, problem, opts)).values[0, 0]
+        gd[f"distance_to_{name}"] = (("step_size", "seed", "record"), distance,
+                                     {"description": f"distance between GD and the {name} flow at t = kη"})
+    return flows
+
+
+def descent_for_scenario(scenario, problem: Problem, model: DeepLinear) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
     """GD for a scenario's `[descent]` section (step_sizes, steps, seeds, record_every,
     observables), with `distance_to_flow` from a dense GF solve under the scenario's
     `[flow]` options. Without `seeds` GD starts from `model` (labelled with the
     scenario's seed); with them, from `scenario.build_model(d, seed)` for each seed (a residual network's p
-    stays the scenario's)."""
+    stays the scenario's). With `central` or `modified`, those flows at every η from GD's
+    first initialization ([`finite_step_flows`][], recording `record.observables`).
+
+    **Returns:** (the GD Dataset, the finite-step flows by name).
+    """
     sec = scenario.descent
     if sec.seeds:
         nets = [scenario.build_model(problem.d, s) for s in sec.seeds]
@@ -217,7 +270,9 @@ def descent_for_scenario(scenario, problem: Problem, model: DeepLinear) -> xr.Da
     if horizon > options.t_max:
         options = dataclasses.replace(options, t_max=horizon)
     _add_distance_to_flow(gd, nets, problem, options)
-    return gd.drop_vars("weights")
+    which = [name for name in FINITE_STEP if getattr(sec, name)]
+    flows = finite_step_flows(nets[0], problem, gd, scenario.flow.options(), which, scenario.record.observables)
+    return gd.drop_vars("weights"), flows
 
 
 def _add_distance_to_flow(gd: xr.Dataset, nets, problem: Problem, options: flow.FlowOptions) -> None:

@@ -2,7 +2,8 @@
 
 A run folder holds `scenario.toml` (a copy), `trajectory.nc`, `summary.md`,
 `checks.md`/`checks.json`, `figures/*.png`, and with a `[descent]` section `descent.nc`
-and the GF-vs-GD figures. It is written in a temporary folder beside the target and
+and the GF-vs-GD figures; with `descent.central` or `descent.modified` also
+`flows/<dynamics>-eta<η>.nc`, the trajectory of each finite-step flow beside GD. It is written in a temporary folder beside the target and
 renamed into place at the end, so an interrupted run never leaves a half folder.
 """
 
@@ -13,12 +14,16 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import xarray as xr
 
 from . import compare, files, flow, plots, theory, trajectory
 from . import scenario as scen
+
+
+FLOWS = "flows"
+"""The run folder's subfolder of finite-step flow trajectories, one `<dynamics>-eta<η>.nc` each."""
 
 
 class OutputExistsError(FileExistsError):
@@ -38,6 +43,12 @@ class Progress:
         self.done()
         if not self.quiet:
             print(message, file=self.stream, flush=True)
+
+    def note(self, line: str):
+        """A line of news from inside the running stage (the ticking clock goes on below it)."""
+        if self.quiet:
+            return
+        print(f"\r  {line}", file=self.stream, flush=True)
 
     def stage(self, message: str):
         """Start a stage that may take a while; a tty sees the seconds go by."""
@@ -74,6 +85,7 @@ class RunResult:
     descent: xr.Dataset | None = None
     folder: str | None = None
     figures: list[str] = field(default_factory=list)
+    flows: dict[str, xr.Dataset] = field(default_factory=dict)
 
 
 def default_folder(scenario: scen.Scenario) -> str:
@@ -99,23 +111,31 @@ def execute(
         raise OutputExistsError(f"{out}: the output folder exists (use --overwrite to replace it)")
     problem, model = scenario.validate_inputs()
 
-    progress.stage(f"{scenario.name}: integrating gradient flow (L = {model.depth}, {scenario.flow.solver})")
-    ds = flow.solve(model, problem, scenario.flow.options(), scenario.record.observables)
+    what = scenario.flow.dynamics.replace("_", " ") if scenario.flow.dynamics == "gradient_flow" \
+        else f"the {scenario.flow.dynamics} flow at η = {scenario.flow.step_size:g}"
+    progress.stage(f"{scenario.name}: integrating {what} (L = {model.depth}, {scenario.flow.solver})")
+    ds = flow.solve(model, problem, scenario.flow.options(), scenario.record.observables, progress=progress.note)
     ds.attrs.update(scenario=scenario.name, seed=scenario.seed)
     progress(
         f"{scenario.name}: {ds.attrs['status']} at t = {ds.attrs['t_final']:.3g} "
         f"in {ds.attrs['num_steps']} steps ({ds.attrs['wall_time_s']:.2f} s)"
     )
 
-    gd = None
+    gd, flows = None, {}
     if scenario.descent is not None:
-        progress.stage(f"{scenario.name}: gradient descent at {len(scenario.descent.step_sizes)} step sizes")
-        gd = compare.descent_for_scenario(scenario, problem, model)
+        sec = scenario.descent
+        beside = " with the " + " and ".join(n for n in compare.FINITE_STEP if getattr(sec, n)) + " flows" \
+            if sec.central or sec.modified else ""
+        progress.stage(f"{scenario.name}: gradient descent at {len(sec.step_sizes)} step sizes{beside}")
+        gd, flows = compare.descent_for_scenario(scenario, problem, model)
     checks = theory.check(ds, problem)
     if gd is not None:
         checks += theory.check(gd, problem)
+    for name, f in flows.items():
+        checks += [replace(c, name=f"{c.name}[{name}]") for c in theory.check(f, problem)
+                   if c.verdict != "not applicable"]
     progress.done()
-    result = RunResult(flow=ds, checks=checks, descent=gd)
+    result = RunResult(flow=ds, checks=checks, descent=gd, flows=flows)
     if out is not None:
         progress.stage(f"{scenario.name}: writing {out}")
         result.folder, result.figures = _write_folder(result, scenario, problem, os.fspath(out), overwrite)
@@ -142,6 +162,9 @@ def load_run(folder: str | os.PathLike) -> RunResult:
     flow_ds = trajectory.load(path, expect="flow")
     gd_path = os.path.join(folder, "descent.nc")
     gd = trajectory.load(gd_path, expect="descent") if os.path.isfile(gd_path) else None
+    flows_dir = os.path.join(folder, FLOWS)
+    flows = {name[:-3]: trajectory.load(os.path.join(flows_dir, name), expect="flow")
+             for name in sorted(os.listdir(flows_dir)) if name.endswith(".nc")} if os.path.isdir(flows_dir) else {}
     checks = []
     if os.path.isfile(os.path.join(folder, "checks.json")):
         try:
@@ -151,7 +174,7 @@ def load_run(folder: str | os.PathLike) -> RunResult:
                                          f"damaged or not a gflow checks report ({type(e).__name__}: {e})") from None
     figures = sorted(os.path.join(folder, "figures", f) for f in os.listdir(os.path.join(folder, "figures"))) \
         if os.path.isdir(os.path.join(folder, "figures")) else []
-    return RunResult(flow=flow_ds, checks=checks, descent=gd, folder=folder, figures=figures)
+    return RunResult(flow=flow_ds, checks=checks, descent=gd, folder=folder, figures=figures, flows=flows)
 
 
 def _write_folder(result: RunResult, scenario: scen.Scenario, problem, out: str, overwrite: bool = False):
@@ -173,13 +196,16 @@ def _build_folder(result: RunResult, scenario: scen.Scenario, out: str):
         trajectory.save(result.flow, os.path.join(tmp, "trajectory.nc"))
         if result.descent is not None:
             trajectory.save(result.descent, os.path.join(tmp, "descent.nc"))
+        for name, f in result.flows.items():
+            os.makedirs(os.path.join(tmp, FLOWS), exist_ok=True)
+            trajectory.save(f, os.path.join(tmp, FLOWS, f"{name}.nc"))
         theory.write_report(result.checks, tmp)
         with open(os.path.join(tmp, "summary.md"), "w") as f:
-            f.write(summary(result.flow, result.checks, result.descent))
+            f.write(summary(result.flow, result.checks, result.descent, result.flows))
         files.pause_point("run-figures")
         figures = plots.save_figures(result.flow, os.path.join(tmp, "figures"))
         if result.descent is not None:
-                figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"))
+                figures += compare.save_figures(result.flow, result.descent, os.path.join(tmp, "figures"), result.flows)
         files.replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -197,6 +223,9 @@ def _sharpness_rows(ds: xr.Dataset, checks: list, b: dict) -> list[tuple[str, st
         s_final, how = float(ds.sharpness[-1]), "recorded (Lanczos)"
     else:
         return []
+    if ds.attrs.get("activation", "linear") != "linear":  # no bound: 2La is a reference value (theory.md §10)
+        return [(f"S_final ({how})", f"{s_final:.6g}"), ("2La (reference only: the network has an activation)",
+                f"{b['S_lower']:.6g}"), ("S_final / 2La", f"{s_final / b['S_lower']:.4f}")]
     rows = [(f"S_final ({how})", f"{s_final:.6g}"), ("S_lower = 2cLa (lower bound on S_min)", f"{b['S_lower']:.6g}")]
     if "S_balanced" in b:
         rows.append(("S_balanced (upper bound on S_min)", f"{b['S_balanced']:.6g}"))
@@ -207,7 +236,17 @@ def _sharpness_rows(ds: xr.Dataset, checks: list, b: dict) -> list[tuple[str, st
     return rows
 
 
-def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
+def _stop_rule(ds: xr.Dataset) -> tuple[str, str]:
+    """What "converged" means for this run: R − R_min below a tolerance, or ‖∇R‖² for a
+    network with an activation (its R_min is unknown)."""
+    a = ds.attrs
+    if a.get("activation", "linear") == "linear":
+        return "stop rule", f"R − R_min < {a.get('flow_stop_at_excess_risk', float('nan')):.3g}"
+    return "stop rule", (f"‖∇R‖² < {a.get('flow_stop_at_grad_norm_sq', float('nan')):.3g} "
+                         f"(R_min of a {a['activation']} network is unknown)")
+
+
+def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None, flows: dict | None = None) -> str:
     """The run's headline numbers as Markdown."""
     a = ds.attrs
     b = theory.bounds_from_dataset(ds)
@@ -218,8 +257,15 @@ def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
         ("solver steps (accepted / rejected)", f"{a['num_accepted_steps']} / {a['num_rejected_steps']}"),
         ("wall time (s, compile included)", f"{a['wall_time_s']:.3f}"),
     ]
+    rows.append(_stop_rule(ds))
+    if a.get("stiffness"):
+        rows.append(("stiffness", a["stiffness"]))
     if "excess_risk" in ds:
         rows.append(("final excess risk R − R_min", f"{float(ds.excess_risk[-1]):.3e}"))
+    elif "risk" in ds:
+        rows.append(("final risk R", f"{float(ds.risk[-1]):.3e}"))
+    if "grad_norm_sq" in ds and a.get("activation", "linear") != "linear":
+        rows.append(("final ‖∇R‖²", f"{float(ds.grad_norm_sq[-1]):.3e}"))
     if "distance_to_pi_star" in ds:
         rows.append(("final ‖w − π*‖", f"{float(ds.distance_to_pi_star[-1]):.3e}"))
     rows += _sharpness_rows(ds, checks, b)
@@ -229,9 +275,10 @@ def summary(ds: xr.Dataset, checks: list, gd: xr.Dataset | None = None) -> str:
     lines += [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "## Problem", "", "| constant | value |", "| --- | --- |"]
     lines += [f"| {k} | {a[k]:.6g} |" for k in ("n", "d", "lam", "Lam", "a", "pi_star_norm", "R_min")]
-    lines += [f"| depth L | {a['depth']} |", f"| widths | {a['widths']} |", f"| kind | {a['kind']} |"]
+    lines += [f"| depth L | {a['depth']} |", f"| widths | {a['widths']} |", f"| kind | {a['kind']} |",
+              f"| activation | {a.get('activation', 'linear')} |"]
     if gd is not None:
-        lines += ["", "## Gradient descent", "", compare.summary_table(gd)]
+        lines += ["", "## Gradient descent", "", compare.summary_table(gd, flows)]
     verdicts = {}
     for c in checks:
         verdicts[c.verdict] = verdicts.get(c.verdict, 0) + 1

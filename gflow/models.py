@@ -1,15 +1,18 @@
-"""Deep linear networks x ↦ pᵀ W_L ⋯ W_1 x as Equinox modules (theory.md §1).
+"""Deep linear networks x ↦ pᵀ W_L ⋯ W_1 x as Equinox modules (theory.md §1), and MLPs
+with GELU activations x ↦ W_L σ(W_{L−1} ⋯ σ(W_1 x)) (theory.md §10).
 
 Layers of equal shape that follow each other are stored stacked in one array (a
 "block"), so that products over depth run as a `lax.scan` and compile time does not grow
 with L. A network is a tuple of blocks plus the fixed output vector `p`; `p` (and the
-identity of a residual layer) is not a trainable leaf: see [`trainable`][].
+identity of a residual layer) is not a trainable leaf: see [`trainable`][]. An MLP's
+`activation` is a static field: "linear" (the deep linear network) or a GELU.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import equinox as eqx
 import jax
@@ -19,15 +22,35 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .files import atomic_path
 
+ACTIVATIONS = {
+    "linear": None,
+    "gelu": partial(jax.nn.gelu, approximate=True),
+    "gelu_exact": partial(jax.nn.gelu, approximate=False),
+}
+"""σ by name: none (the deep linear network), GELU in its tanh approximation (as the
+authors' code), and GELU's exact erf form."""
+
+
+class ShapeError(ValueError):
+    """Layer widths or weights that do not make a network."""
+
+
 
 class DeepLinear(eqx.Module):
-    """A deep linear network x ↦ pᵀ W_L ⋯ W_1 x.
+    """A network x ↦ pᵀ W_L σ(W_{L−1} ⋯ σ(W_1 x)): deep linear (σ = identity) unless an MLP
+    has an `activation`.
 
     Subclasses say how the stacked weights are stored (`weight_blocks`); everything
-    else (end-to-end regressor, per-layer observables) is written once against that.
+    else (end-to-end regressor, outputs, per-layer observables) is written once against that.
     """
 
     p: eqx.AbstractVar[Float[Array, " out"]]
+    activation = "linear"  # a class default; the MLP makes it a static field
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the network computes a linear map x ↦ ⟨w, x⟩ (no activation)."""
+        return self.activation == "linear"
 
     def weight_blocks(self) -> tuple[Float[Array, "m out in"], ...]:
         """W_1, …, W_L grouped into stacks of equal-shaped consecutive layers."""
@@ -57,13 +80,19 @@ class DeepLinear(eqx.Module):
 
 
 class MLP(DeepLinear):
-    """Deep linear MLP with output width 1 and p = 1 (the small-scale setting).
+    """MLP with output width 1 and p = 1 (the small-scale setting): deep linear, or with σ
+    after every layer but the last (`activation`, a name from `ACTIVATIONS`).
 
     `blocks` holds the trainable weights W_1..W_L; build it with [`mlp`][].
     """
 
     blocks: tuple[Float[Array, "m out in"], ...]
     p: Float[Array, " out"]
+    activation: str = eqx.field(static=True, default="linear")
+
+    def __check_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ShapeError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}.")
 
     def weight_blocks(self):
         return self.blocks
@@ -105,7 +134,13 @@ def row_product(model: DeepLinear, skip: int = 0, unroll: bool = False) -> Float
     Layers of a block are multiplied in a `lax.scan`, so compile time does not grow with
     depth; `unroll=True` writes the loop out instead, ~25% faster inside GD's step scan
     for moderate depth, but it makes the flow's compile (Hessian products, Lanczos) slower.
+    A network with an activation has no such product: `ValueError`.
     """
+    if not model.is_linear:
+        raise ValueError(
+            f"a network with {model.activation} activations computes no linear map x ↦ ⟨w, x⟩: "
+            "it has no end-to-end regressor or product of layers (theory.md §10)."
+        )
     r = model.p
     blocks = model.weight_blocks()
     first = np.cumsum([0] + [b.shape[0] for b in blocks])[:-1]  # index of each block's W
@@ -117,6 +152,26 @@ def row_product(model: DeepLinear, skip: int = 0, unroll: bool = False) -> Float
         elif part.shape[0] > 1:
             r, _ = jax.lax.scan(lambda r, w: (w.T @ r, None), r, part, reverse=True)
     return r
+
+
+def outputs(model: DeepLinear, X: Float[Array, "n d"]) -> Float[Array, " n"]:
+    """The network's outputs f(x_i) on the rows x_i of X.
+
+    A linear network gives X w with w its regressor; otherwise each layer maps the hidden
+    rows h ↦ σ(h W_kᵀ), the last without σ, then p. Layers of a block run in a `lax.scan`.
+    """
+    if model.is_linear:
+        return X @ end_to_end(model)
+    act = ACTIVATIONS[model.activation]
+    layer = lambda h, w: (act(h @ w.T), None)  # noqa: E731
+    h, blocks = X, model.weight_blocks()
+    for i, b in enumerate(blocks):
+        hidden = b[:-1] if i == len(blocks) - 1 else b
+        if hidden.shape[0] > 1:  # equal consecutive shapes: square layers
+            h, _ = jax.lax.scan(layer, h, hidden)
+        elif hidden.shape[0] == 1:
+            h = layer(h, hidden[0])[0]
+    return (h @ blocks[-1][-1].T) @ model.p
 
 
 def _group(shapes: Sequence[tuple[int, int]]) -> list[int]:
@@ -137,10 +192,6 @@ def stack_layers(layers: Sequence[Array]) -> tuple[Array, ...]:
         blocks.append(jnp.stack([jnp.asarray(w, jnp.float64) for w in layers[i : i + m]]))
         i += m
     return tuple(blocks)
-
-
-class ShapeError(ValueError):
-    """Layer widths or weights that do not make a network."""
 
 
 def check_input_width(model: DeepLinear, d: int) -> None:
@@ -173,7 +224,7 @@ def mlp_widths(d: int, depth: int, width: int | Sequence[int]) -> tuple[int, ...
     return _check_widths([d, *hidden, 1])
 
 
-def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float) -> MLP:
+def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float, activation: str = "linear") -> MLP:
     """Small-scale initialization: W_k(0) has i.i.d. N(0, scale²) entries.
 
     **Arguments:**
@@ -181,6 +232,7 @@ def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float) -> MLP:
     - `key`: a JAX PRNG key.
     - `widths`: (d_0, d_1, …, d_L) with d_L = 1.
     - `scale`: standard deviation of each entry (the paper's "scale").
+    - `activation`: a name from `ACTIVATIONS` ("linear", "gelu", "gelu_exact").
     """
     widths = _check_widths(widths)
     if widths[-1] != 1:
@@ -190,7 +242,7 @@ def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float) -> MLP:
         scale * jax.random.normal(k, (dout, din), jnp.float64)
         for k, din, dout in zip(keys, widths[:-1], widths[1:])
     ]
-    return MLP(blocks=stack_layers(layers), p=jnp.ones(1))
+    return MLP(blocks=stack_layers(layers), p=jnp.ones(1), activation=activation)
 
 
 def residual(
@@ -215,10 +267,13 @@ def residual(
     return Residual(V=V, p=p)
 
 
-def from_layers(layers: Sequence[Array], p: Array | None = None, kind: str = "mlp") -> DeepLinear:
+def from_layers(
+    layers: Sequence[Array], p: Array | None = None, kind: str = "mlp", activation: str = "linear"
+) -> DeepLinear:
     """A network with explicit weights W_1..W_L (and p for a residual network).
 
-    For `kind="residual"` the given W_k are the full weights; V_k = W_k − I is stored.
+    For `kind="residual"` the given W_k are the full weights; V_k = W_k − I is stored. An
+    MLP takes an `activation` (a residual network is linear).
     """
     layers = [np.asarray(w, np.float64) for w in layers]
     if not layers or any(w.ndim != 2 for w in layers):
@@ -235,7 +290,9 @@ def from_layers(layers: Sequence[Array], p: Array | None = None, kind: str = "ml
     if kind == "mlp":
         if layers[-1].shape[0] != 1:
             raise ShapeError(f"an MLP's last layer has one row; W_L has shape {layers[-1].shape}.")
-        return MLP(blocks=stack_layers(layers), p=jnp.ones(1))
+        return MLP(blocks=stack_layers(layers), p=jnp.ones(1), activation=activation)
+    if activation != "linear":
+        raise ShapeError(f"a {kind} network is linear; activation {activation!r} is for an mlp.")
     if kind == "residual":
         d = layers[0].shape[1]
         if any(w.shape != (d, d) for w in layers):
@@ -250,10 +307,9 @@ def from_layers(layers: Sequence[Array], p: Array | None = None, kind: str = "ml
     raise ShapeError(f"unknown network kind {kind!r} (use 'mlp' or 'residual').")
 
 
-def load_layers(path: str | os.PathLike, kind: str = "mlp") -> DeepLinear:
-    """Load explicit weights from an .npz holding `W1`, `W2`, …, `WL` (and `p`).
-
-    Never unpickles.
+def load_layers(path: str | os.PathLike, kind: str = "mlp", activation: str = "linear") -> DeepLinear:
+    """Load explicit weights from an .npz holding `W1`, `W2`, …, `WL` (and `p`); the
+    file holds weights only, the `activation` is the caller's. Never unpickles.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -267,7 +323,7 @@ def load_layers(path: str | os.PathLike, kind: str = "mlp") -> DeepLinear:
     if [int(k[1:]) for k in names] != list(range(1, len(names) + 1)):
         raise ShapeError(f"{path!r} must hold W1, W2, …, WL with no gaps; found {sorted(arrays)}.")
     try:
-        return from_layers([arrays[k] for k in names], arrays.get("p"), kind)
+        return from_layers([arrays[k] for k in names], arrays.get("p"), kind, activation)
     except ShapeError as e:
         raise ShapeError(f"{path!r}: {e}") from None
 

@@ -4,8 +4,12 @@ An observable is `fn(model, problem, initial) -> Array` (`initial` is the networ
 t = 0, for conserved quantities; a function of `(model, problem)` alone is accepted too).
 Its output has fixed extra dimensions named in `dims`: `()` for a scalar, `("layer",)`
 for one value per layer, `("interface",)` for one per pair (W_k, W_{k+1}), `("feature",)`
-for a vector in R^d. Scenario files refer to observables by their registry name; add your
-own with [`register`][].
+for a vector in R^d, `("sample",)` for one per training sample. Scenario files refer to
+observables by their registry name; add your own with [`register`][].
+
+Some observables are defined for linear networks only (they need the end-to-end regressor,
+R_min or the conservation law); their `linear_only` says why, and [`get`][] refuses them for
+a network with an activation.
 """
 
 from __future__ import annotations
@@ -19,17 +23,19 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from . import linalg
-from .models import DeepLinear, end_to_end, row_product, trainable
+from .models import DeepLinear, end_to_end, outputs, row_product, trainable
 from .problem import Problem
 
 
 class Observable(eqx.Module):
-    """A named quantity: `fn(model, problem, initial)` and the names of its extra dims."""
+    """A named quantity: `fn(model, problem, initial)`, the names of its extra dims, and
+    `linear_only`: None when defined for any network, else why it needs a linear one."""
 
     name: str = eqx.field(static=True)
     fn: Callable = eqx.field(static=True)
     dims: tuple[str, ...] = eqx.field(static=True)
     description: str = eqx.field(static=True)
+    linear_only: str | None = eqx.field(static=True, default=None)
 
     def __call__(self, model, problem, initial):
         return jnp.asarray(self.fn(model, problem, initial), jnp.float64)
@@ -38,8 +44,9 @@ class Observable(eqx.Module):
 REGISTRY: dict[str, Observable] = {}
 
 
-def register(name: str, dims: Sequence[str] = (), description: str | None = None):
+def register(name: str, dims: Sequence[str] = (), description: str | None = None, linear_only: str | None = None):
     """Decorator adding `fn` to the registry under `name` (replacing any previous one).
+    `linear_only`: why the quantity is defined for linear networks only (None: any network).
 
     **Example:**
 
@@ -52,21 +59,63 @@ def register(name: str, dims: Sequence[str] = (), description: str | None = None
         n_args = len(inspect.signature(fn).parameters)
         call = fn if n_args >= 3 else (lambda model, problem, initial: fn(model, problem))
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        REGISTRY[name] = Observable(name, call, tuple(dims), doc)
+        REGISTRY[name] = Observable(name, call, tuple(dims), doc, linear_only)
         return fn
 
     return decorator
 
 
-def get(names: Sequence[str]) -> tuple[Observable, ...]:
-    """The observables called `names`, with one clear error for an unknown name."""
+def get(names: Sequence[str] | None, network: DeepLinear | None = None) -> tuple[Observable, ...]:
+    """The observables called `names` (None: [`defaults`][] for `network`), with one clear
+    error for an unknown name (`KeyError`) and, given the `network`, one for an observable
+    it does not have (`ValueError`, naming the observable and why)."""
+    if names is None:
+        names = defaults(network)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise KeyError(f"unknown observable(s) {unknown}; known: {sorted(REGISTRY)}")
+    if network is not None:
+        refuse(names, network.activation)
     return tuple(REGISTRY[n] for n in names)
 
 
+def refuse(names: Sequence[str], activation: str) -> None:
+    """`ValueError` naming the first of `names` that a network with `activation` lacks."""
+    if activation == "linear":
+        return
+    for n in names:
+        why = REGISTRY[n].linear_only if n in REGISTRY else None
+        if why is not None:
+            raise ValueError(f"observable {n!r} is defined for linear networks only: {why} (this one has {activation} activations)")
+
+
+def applicable(names: Sequence[str], activation: str) -> list[str]:
+    """The names of `names` that a network with `activation` has."""
+    return [n for n in names if activation == "linear" or REGISTRY[n].linear_only is None]
+
+
+def defaults(network: DeepLinear | None = None) -> tuple[str, ...]:
+    """What is recorded unless asked otherwise: `DEFAULT`, less what `network` lacks."""
+    return tuple(applicable(DEFAULT, "linear" if network is None else network.activation))
+
+
 # --- helpers shared by the observables -------------------------------------------------
+
+
+def risk_of(model: DeepLinear, problem: Problem) -> jax.Array:
+    """R(W) = (1/n)‖y − f(X)‖²: from the sufficient statistics for a linear network (exact,
+    O(d²)), from the data for a network with an activation (it has no regressor w)."""
+    if model.is_linear:
+        return problem.risk(end_to_end(model))
+    return jnp.mean((problem.y - outputs(model, problem.X)) ** 2)
+
+
+def suboptimality(model: DeepLinear, problem: Problem) -> jax.Array:
+    """R − R_min for a linear network (free of cancellation); R itself for a network with an
+    activation, whose R_min is unknown (R ≥ its floor ≥ 0). What the clocks measure progress by."""
+    if model.is_linear:
+        return problem.excess_risk(end_to_end(model))
+    return risk_of(model, problem)
 
 
 def flat_risk(model: DeepLinear, problem: Problem):
@@ -75,7 +124,7 @@ def flat_risk(model: DeepLinear, problem: Problem):
     flat, unravel = ravel_pytree(params)
 
     def risk(x):
-        return problem.risk(end_to_end(eqx.combine(unravel(x), static)))
+        return risk_of(eqx.combine(unravel(x), static), problem)
 
     return risk, flat
 
@@ -83,7 +132,7 @@ def flat_risk(model: DeepLinear, problem: Problem):
 def risk_gradient(model: DeepLinear, problem: Problem):
     """∇R with respect to the trainable leaves (a pytree shaped like `model`)."""
     params, static = eqx.partition(model, trainable(model))
-    return jax.grad(lambda q: problem.risk(end_to_end(eqx.combine(q, static))))(params)
+    return jax.grad(lambda q: risk_of(eqx.combine(q, static), problem))(params)
 
 
 def squared_norm(tree, log: bool = False) -> jax.Array:
@@ -141,13 +190,17 @@ def balance(lower, upper):
 # --- the registry ----------------------------------------------------------------------
 
 
+_NO_REGRESSOR = "a network with an activation computes no linear map, so it has no end-to-end regressor w"
+_NO_R_MIN = "R_min of a network with an activation is unknown (it may fit better than π*)"
+
+
 @register("risk")
 def risk(model, problem):
-    """R(W) = (1/n)‖y − X w‖²."""
-    return problem.risk(end_to_end(model))
+    """R(W) = (1/n)‖y − f(X)‖² (f(X) = X w for a linear network)."""
+    return risk_of(model, problem)
 
 
-@register("excess_risk")
+@register("excess_risk", linear_only=_NO_R_MIN)
 def excess_risk(model, problem):
     """R(W) − R_min, computed without cancellation."""
     return problem.excess_risk(end_to_end(model))
@@ -156,10 +209,20 @@ def excess_risk(model, problem):
 @register("test_risk")
 def test_risk(model, problem):
     """Risk on the held-out set (NaN when there is none)."""
-    return problem.test_risk(end_to_end(model))
+    if model.is_linear:
+        return problem.test_risk(end_to_end(model))
+    if problem.X_test.shape[0] == 0:
+        return jnp.array(jnp.nan)
+    return jnp.mean((problem.y_test - outputs(model, problem.X_test)) ** 2)
 
 
-@register("distance_to_pi_star")
+@register("outputs", dims=("sample",))
+def network_outputs(model, problem):
+    """The network's outputs f(x_i) on the training samples."""
+    return outputs(model, problem.X)
+
+
+@register("distance_to_pi_star", linear_only=_NO_REGRESSOR)
 def distance_to_pi_star(model, problem):
     """‖w(W) − π*‖."""
     return jnp.linalg.norm(end_to_end(model) - problem.pi_star)
@@ -171,7 +234,7 @@ def grad_norm_sq(model, problem):
     return squared_norm(risk_gradient(model, problem))
 
 
-@register("pl_ratio")
+@register("pl_ratio", linear_only=_NO_R_MIN)
 def pl_ratio(model, problem):
     """‖∇R‖² / (R − R_min), the Polyak–Łojasiewicz ratio.
 
@@ -182,7 +245,7 @@ def pl_ratio(model, problem):
     return jnp.exp(log_g2 - jnp.log(excess_risk(model, problem)))
 
 
-@register("pl_lower_bound")
+@register("pl_lower_bound", linear_only="a bound proved for linear networks (theory.md §4)")
 def pl_lower_bound(model, problem):
     """4 λ ‖pᵀ W_L ⋯ W_2‖², a pointwise lower bound on the PL ratio (theory.md §4)."""
     return jnp.exp(jnp.log(4.0 * problem.lam) + squared_norm(row_product(model, skip=1), log=True))
@@ -190,9 +253,9 @@ def pl_lower_bound(model, problem):
 
 @register("sharpness")
 def sharpness(model, problem):
-    """Largest algebraic eigenvalue of the Hessian of R (Lanczos, 40 steps)."""
-    f, x = flat_risk(model, problem)
-    return linalg.top_hessian_eigenvalue(f, x)
+    """Largest algebraic eigenvalue of the Hessian of R (Lanczos on Hessian-vector products
+    until converged; along a solve, from the eigenvector at the previous save)."""
+    return hessian_top(model, problem, 1).values[0]
 
 
 @register("singular_values", dims=("layer",))
@@ -225,7 +288,7 @@ def alignment(model, problem):
     return per_interface(align, model)
 
 
-@register("balance_drift", dims=("interface",))
+@register("balance_drift", dims=("interface",), linear_only="GELU is not homogeneous: D_k is not conserved (theory.md §10)")
 def balance_drift(model, problem, initial):
     """‖D_k(t) − D_k(0)‖_F with D_k = W_{k+1}ᵀW_{k+1} − W_kW_kᵀ (zero along exact GF)."""
     return per_interface(
@@ -233,7 +296,7 @@ def balance_drift(model, problem, initial):
     )
 
 
-@register("end_to_end", dims=("feature",))
+@register("end_to_end", dims=("feature",), linear_only=_NO_REGRESSOR)
 def end_to_end_regressor(model, problem):
     """The end-to-end regressor w = W_1ᵀ ⋯ W_Lᵀ p."""
     return end_to_end(model)
@@ -257,7 +320,8 @@ DEFAULT = (
 # --- partial products (theory.md §5) -------------------------------------------------------
 
 
-@register("partial_product_extremes", dims=("layer", "extreme"))
+@register("partial_product_extremes", dims=("layer", "extreme"),
+          linear_only="the partial products W_k ⋯ W_1 are maps of the network only when it is linear")
 def partial_product_extremes(model, problem):
     """(σ_max, σ_min) of each partial product W_k ⋯ W_1 (residual lemma, theory.md §5)."""
     out, P = [], None
@@ -266,3 +330,114 @@ def partial_product_extremes(model, problem):
         s = jnp.linalg.svd(P, compute_uv=False)
         out.append(jnp.stack([s[0], s[-1]]))
     return jnp.stack(out)
+
+
+# --- the top of the Hessian's spectrum (theory.md §11) --------------------------------------
+
+TOP_EIGENVALUES = 5
+"""How many of the Hessian's largest eigenvalues `top_eigenvalues` records."""
+
+
+@register("top_eigenvalues", dims=("eigenvalue",))
+def top_eigenvalues(model, problem):
+    """The 5 largest algebraic Hessian eigenvalues, descending (block Lanczos until converged;
+    along a solve, from the eigenvectors at the previous save; NaN past the number of
+    parameters)."""
+    return _padded(hessian_top(model, problem, _top_count(model)).values)
+
+
+def _top_count(model) -> int:
+    return min(TOP_EIGENVALUES, sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model)))))
+
+
+def _padded(values):
+    return jnp.concatenate([values, jnp.full(TOP_EIGENVALUES - values.shape[0], jnp.nan)])
+
+
+def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> linalg.Eigenpairs:
+    """The k largest algebraic eigenpairs of ∇²R at `model` (flat trainable parameters),
+    by [`linalg.lanczos_top`][] on Hessian-vector products: from fixed pseudo-random vectors
+    (deterministic), or warm from `previous`, the eigenvectors (rows) at a nearby point
+    such as the previous save (rows of NaN: none yet). Converged to
+    `linalg.LANCZOS_TOL`, or after 40 + 20k products."""
+    f, x = flat_risk(model, problem)
+    _, lin = jax.linearize(jax.grad(f), x)  # one linearization, reused by every product
+    if previous is None:
+        previous = jnp.full((k, x.size), jnp.nan, x.dtype)
+    return linalg.lanczos_top(lin, linalg.warm_start(previous), 40 + 20 * k)
+
+
+# --- observables continued from the previous save --------------------------------------
+
+
+class Continued(eqx.Module):
+    """An observable that, along a solve, starts from what it found at the previous save
+    (an eigensolver from the last eigenvectors). `init(model, problem)` is the carry
+    before the first save; `step(model, problem, carry)` returns (value, next carry). Its
+    value must not depend on the carry beyond round-off and the observable's tolerance:
+    the carry saves work only."""
+
+    observable: Observable
+    init: Callable = eqx.field(static=True)
+    step: Callable = eqx.field(static=True)
+
+
+CONTINUED: dict[str, Continued] = {}
+"""The observables that [`along`][] continues from save to save, by name."""
+
+WEIGHTS = "_weights"
+"""Where a solve saves the trainable leaves for [`along`][] (not an observable)."""
+
+
+def continued(observables: Sequence[Observable]) -> tuple[tuple[Observable, ...], tuple[Observable, ...]]:
+    """(the observables evaluated at each save on its own, those continued from the
+    previous save): an observable is continued when `CONTINUED` has its very object
+    (re-registering a name with [`register`][] makes it an ordinary one again)."""
+    warm = [o for o in observables if o.name in CONTINUED and CONTINUED[o.name].observable is o]
+    return tuple(o for o in observables if all(o is not w for w in warm)), tuple(warm)
+
+
+def along(observables: Sequence[Observable], weights, static, problem: Problem) -> dict:
+    """The `observables` (continued ones, see `CONTINUED`) at each saved state, in order:
+    `weights` holds the trainable leaves with a leading axis of saves in time order, the
+    network's other leaves are in `static`. A `lax.scan` carries each observable's state
+    from one save to the next; a save with non-finite weights (Diffrax fills the slots
+    after the end of a solve with inf) gets NaN and passes the carry on unchanged."""
+    warm = [CONTINUED[o.name] for o in observables]
+    first = eqx.combine(jax.tree.map(lambda w: w[0], weights), static)
+    carry0 = tuple(c.init(first, problem) for c in warm)
+
+    def compute(params, carry):
+        model = eqx.combine(params, static)
+        out = [c.step(model, problem, s) for c, s in zip(warm, carry)]
+        return tuple(jnp.asarray(v, jnp.float64) for v, _ in out), tuple(s for _, s in out)
+
+    def step(carry, params):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(params)]))
+        shapes = jax.eval_shape(compute, params, carry)[0]
+        skip = lambda params, carry: (tuple(jnp.full(v.shape, jnp.nan, v.dtype) for v in shapes), carry)
+        values, carry = jax.lax.cond(finite, compute, skip, params, carry)
+        return carry, values
+
+    _, values = jax.lax.scan(step, carry0, weights)
+    return {o.name: v for o, v in zip(observables, values)}
+
+
+def _continue_top(k_of):
+    def init(model, problem):
+        size = sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
+        return jnp.full((k_of(model), size), jnp.nan)
+
+    def step(model, problem, previous):
+        pairs = hessian_top(model, problem, previous.shape[0], previous)
+        return pairs.values, pairs.vectors
+
+    return init, step
+
+
+def _continue(name, init, step, finish=lambda v: v):
+    CONTINUED[name] = Continued(REGISTRY[name], init, lambda m, p, c: (lambda v, c: (finish(v), c))(*step(m, p, c)))
+
+
+_continue("sharpness", *_continue_top(lambda model: 1), finish=lambda v: v[0])
+_continue("top_eigenvalues", *_continue_top(_top_count), finish=_padded)

@@ -240,6 +240,46 @@ def anisotropic(
     return _rescaled(X, y, X_test, y_test, unit_pi_star)
 
 
+DATASETS = {"diabetes": "442 patients × 10 baseline variables → disease progression after one year",
+            "linnerud": "20 men × 3 exercises (chins, sit-ups, jumps) → body weight"}
+"""Regression data sets that ship inside scikit-learn (no download), by name."""
+
+
+def dataset(name: str, *, n_test: int = 0, seed: int = 0, unit_pi_star: bool = True) -> Problem:
+    """A real regression data set from [`DATASETS`][] (needs the extra `gflow[datasets]`).
+
+    `n_test` rows drawn at random (NumPy generator seeded by `seed`) are held out as the
+    test set. The networks have no bias, so the features are standardized and the targets
+    centred with the training rows' means and standard deviations (the test rows are
+    transformed alike); then, with `unit_pi_star`, y is divided by ‖π*‖ as the paper does.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}.")
+    X, y = _bundled(name)
+    if not 0 <= int(n_test) < X.shape[0] - 1:
+        raise DataError(f"n_test must lie in [0, {X.shape[0] - 2}] for {name} ({X.shape[0]} rows); got {n_test}.")
+    order = np.random.default_rng(seed).permutation(X.shape[0])
+    test, train = order[: int(n_test)], order[int(n_test) :]
+    mean, std = X[train].mean(axis=0), X[train].std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    center = y[train].mean()
+    X, y = (X - mean) / std, y - center
+    return _rescaled(X[train], y[train], X[test], y[test], unit_pi_star)
+
+
+def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of a data set of [`DATASETS`][] as float64, from scikit-learn's own files."""
+    try:
+        from sklearn import datasets as bundled  # optional: the extra gflow[datasets]
+    except ImportError:
+        raise DataError(f"data set {name!r} needs scikit-learn: pip install 'gflow[datasets]'") from None
+    if name == "diabetes":
+        bunch = bundled.load_diabetes(scaled=False)
+        return np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.float64)
+    bunch = bundled.load_linnerud()
+    return np.asarray(bunch.data, np.float64), np.asarray(bunch.target[:, 0], np.float64)
+
+
 def load(path: str | os.PathLike, *, unit_pi_star: bool = False) -> Problem:
     """Load X and y from a file.
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from . import models, observables as obs
 from . import problem as problems
-from .flow import CLOCKS, SOLVERS, FlowOptions
+from .flow import CLOCKS, DYNAMICS, SOLVERS, FlowOptions
 from .models import DeepLinear, ShapeError
 from .problem import DataError, Problem
 
@@ -67,7 +67,18 @@ class FileData(_Strict):
     unit_pi_star: bool = False
 
 
-Data = Annotated[GaussianData | AnisotropicData | FileData, Field(discriminator="kind")]
+class DatasetData(_Strict):
+    """A real regression data set that ships inside scikit-learn (`gflow.problem.DATASETS`):
+    features standardized, targets centred; `n_test` rows drawn by `seed` held out."""
+
+    kind: Literal["dataset"]
+    name: Literal[tuple(problems.DATASETS)]  # type: ignore[valid-type]
+    n_test: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0
+    unit_pi_star: bool = True
+
+
+Data = Annotated[GaussianData | AnisotropicData | FileData | DatasetData, Field(discriminator="kind")]
 
 
 # --- model -----------------------------------------------------------------------------
@@ -98,14 +109,20 @@ Init = Annotated[SmallScaleInit | ResidualInit | FileInit, Field(discriminator="
 
 
 class Model(_Strict):
+    """The network: an MLP (linear, or with an `activation` after every layer but the last)
+    or a residual network (linear)."""
+
     kind: Literal["mlp", "residual"]
     depth: PositiveInt | None = None
     width: PositiveInt | list[PositiveInt] | None = None
     init: Init
     p: list[FiniteFloat] | None = None
+    activation: Literal[tuple(models.ACTIVATIONS)] = "linear"  # type: ignore[valid-type]
 
     @pydantic.model_validator(mode="after")
     def _consistent(self):
+        if self.kind == "residual" and self.activation != "linear":
+            raise ValueError("a residual network is linear; activation is for an mlp")
         if self.init.kind == "file":
             return self
         if self.depth is None:
@@ -141,6 +158,10 @@ class Flow(_Strict):
     max_steps: PositiveInt = _FLOW.max_steps
     clock: Literal[CLOCKS] = _FLOW.clock  # type: ignore[valid-type]
     switch_at: Annotated[FiniteFloat, Field(gt=0, lt=1)] = _FLOW.switch_at
+    dynamics: Literal[DYNAMICS] = _FLOW.dynamics  # type: ignore[valid-type]
+    step_size: PositiveFinite | None = _FLOW.step_size
+    edge_eigenpairs: Annotated[int, Field(ge=1, le=5)] = _FLOW.edge_eigenpairs
+    stop_at_grad_norm_sq: Annotated[FiniteFloat, Field(ge=0)] = _FLOW.stop_at_grad_norm_sq
 
     @pydantic.model_validator(mode="after")
     def _coherent(self):
@@ -169,6 +190,9 @@ class Descent(_Strict):
     `reps` and `gf` are read by `gflow sweep`: `reps` runs seeds seed, seed+1, …
     (one count, or one per step size as in the paper's 80 repetitions at η = 0.2);
     `gf` adds the gradient-flow point η → 0 from every initialization.
+    `central` puts the central flow at every η beside GD (`gflow run` and `gflow sweep`),
+    `modified` the modified-equation flow (`gflow run`): continuous-time models of GD at a
+    finite step size (theory.md §11), integrated over GD's horizon steps·η.
     """
 
     step_sizes: Annotated[list[PositiveFinite], Field(min_length=1)]
@@ -176,6 +200,8 @@ class Descent(_Strict):
     seeds: list[int] | None = None
     reps: PositiveInt | list[PositiveInt] | None = None
     gf: bool = True
+    central: bool = False
+    modified: bool = False
     record_every: PositiveInt | None = None
     observables: list[str] = ["risk", "excess_risk", "distance_to_pi_star"]
 
@@ -206,11 +232,43 @@ class Scenario(_Strict):
     sweep: dict[str, list[Any]] | None = None
     source: str | None = Field(default=None, exclude=True)
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _defaults_for_the_network(cls, raw):
+        """A network with an activation records by default what it has: the observables
+        defined for linear networks only leave the default lists of [record] and [descent]."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        activation = model.get("activation", "linear") if isinstance(model, dict) else "linear"
+        if activation == "linear" or activation not in models.ACTIVATIONS:
+            return raw
+        raw = dict(raw)
+        if isinstance(raw.get("record", {}), dict):
+            raw["record"] = {"observables": obs.applicable(obs.DEFAULT, activation), **raw.get("record", {})}
+        if isinstance(raw.get("descent"), dict):
+            default = Descent.model_fields["observables"].default
+            raw["descent"] = {"observables": obs.applicable(default, activation), **raw["descent"]}
+        return raw
+
+    @pydantic.model_validator(mode="after")
+    def _network_has_the_observables(self):
+        """An observable asked of a network that lacks it (a linear-only one of a GELU
+        network) is an error naming the key, the observable and why."""
+        lists = {"record.observables": self.record.observables,
+                 "descent.observables": self.descent.observables if self.descent else []}
+        for key, names in lists.items():
+            try:
+                obs.refuse(names, self.model.activation)
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+        return self
+
     def build_problem(self) -> Problem:
         """The regression problem (validated data)."""
         data = self.data
         if data.kind == "file":
             return problems.load(self._resolve(data.path), unit_pi_star=data.unit_pi_star)
+        if data.kind == "dataset":
+            return problems.dataset(data.name, n_test=data.n_test, seed=data.seed, unit_pi_star=data.unit_pi_star)
         common = dict(noise=data.noise, seed=data.seed, n_test=data.n_test, unit_pi_star=data.unit_pi_star)
         if data.kind == "anisotropic":
             return problems.anisotropic(data.n, data.d, condition=data.condition, **common)
@@ -220,12 +278,12 @@ class Scenario(_Strict):
         """The network at t = 0 for inputs of size d (init drawn from `seed`)."""
         m, key = self.model, jax.random.key(self.seed if seed is None else seed)
         if m.init.kind == "file":
-            model = models.load_layers(self._resolve(m.init.path), m.kind)
+            model = models.load_layers(self._resolve(m.init.path), m.kind, m.activation)
             if m.depth is not None and model.depth != m.depth:
                 raise ShapeError(f"weights file has depth {model.depth} but model.depth = {m.depth}")
         elif m.kind == "mlp":
             widths = models.mlp_widths(d, m.depth, m.width if m.width is not None else d)
-            model = models.mlp(key, widths, m.init.scale)
+            model = models.mlp(key, widths, m.init.scale, m.activation)
         else:
             # p is drawn from the scenario's own seed: other seeds redraw V only
             model = models.residual(key, d, m.depth, m.init.s, p=m.p, p_key=jax.random.key(self.seed))
@@ -263,14 +321,14 @@ def _format(error: pydantic.ValidationError, where: str) -> str:
     for e in error.errors():
         skip = ("function-", "constrained-", "list[", "int", "float", "str")
         loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith(skip))
-        loc = loc.replace(".gaussian", "").replace(".anisotropic", "").replace(".file", "")
+        loc = loc.replace(".gaussian", "").replace(".anisotropic", "").replace(".file", "").replace(".dataset", "")
         loc = loc.replace(".small_scale", "").replace(".residual", "")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
         elif e["type"] == "missing":
             msg = "missing required key"
-        parts.append(f"{loc or '(top level)'}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a whole-scenario check names its keys itself
     return f"{where}: " + "; ".join(dict.fromkeys(parts))
 
 
@@ -339,7 +397,7 @@ def _optional_keys(path: list[str]) -> set[str]:
     """Keys allowed at a path even when left at their default (so a sweep may set them)."""
     table = {
         (): set(Scenario.model_fields),
-        ("data",): set(AnisotropicData.model_fields) | set(FileData.model_fields),
+        ("data",): set(AnisotropicData.model_fields) | set(FileData.model_fields) | set(DatasetData.model_fields),
         ("model",): set(Model.model_fields),
         ("model", "init"): {"scale", "s", "path"},
         ("flow",): set(Flow.model_fields),

@@ -2,7 +2,9 @@
 
 `gflow.flow` (ordinary time) and `gflow.clock` (the arc-length clock of long plateaus)
 both integrate through the functions here, so a solve is configured, saved, trimmed and
-judged in one way whatever its clock.
+judged in one way whatever its clock. Which flow is integrated (gradient flow, the
+modified or the central flow) is a `dynamics` module (`gflow.dynamics`, `gflow.central`):
+its vector field, its records and its events.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 
 from . import observables as obs
+from .dynamics import GradientFlow
 from .models import end_to_end
 
 SOLVERS = {
@@ -34,12 +38,15 @@ STATUSES = ("converged", "reached_t_max", "max_steps", "non_finite", "solver_fai
 
 class Numerics(eqx.Module):
     """What a compiled solve depends on: the solver and step cap (static), the tolerances
-    (traced). Runs that differ in t_max, saves, clock or tolerances share one compilation."""
+    (traced). Runs that differ in t_max, saves, clock or tolerances share one compilation.
+    `stop_grad_norm_sq` is the stopping tolerance of a network with an activation (see
+    [`diffeqsolve`][])."""
 
     solver: str = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     rtol: jax.Array
     atol: jax.Array
+    stop_grad_norm_sq: jax.Array
 
 
 def numerics(options, loosen: float = 1.0) -> Numerics:
@@ -47,7 +54,8 @@ def numerics(options, loosen: float = 1.0) -> Numerics:
     alike) for a first pass that only locates the end of a phase."""
     rtol = max(options.rtol, min(options.rtol * loosen, 1e-5))
     atol = options.atol * rtol / options.rtol
-    return Numerics(options.solver, int(options.max_steps), jnp.asarray(float(rtol)), jnp.asarray(float(atol)))
+    return Numerics(options.solver, int(options.max_steps), jnp.asarray(float(rtol)), jnp.asarray(float(atol)),
+                    jnp.asarray(float(options.stop_at_grad_norm_sq)))
 
 
 ENERGY = "energy_dissipated"
@@ -60,13 +68,11 @@ STEPS = "solver_steps"
 budgets per step are applied per save interval with it)."""
 
 
-def vector_field(t, y, args):
-    """The flow on the state y = (W, E): dW/dt = −∇R at the trainable leaves W (the rest of
-    the model is in `args`), and dE/dt = ‖∇R‖²."""
-    params, _ = y
-    static, problem, _ = args
-    g = obs.risk_gradient(eqx.combine(params, static), problem)
-    return jax.tree.map(jnp.negative, g), obs.squared_norm(g)
+GRADIENT_FLOW = GradientFlow()
+"""The default dynamics: dW/dt = −∇R at the trainable leaves W, dE/dt = ‖∇R‖²."""
+
+vector_field = GRADIENT_FLOW.field
+"""Gradient flow's vector field on the state y = (W, E) (the rest of the model in `args`)."""
 
 
 def initial_state(params):
@@ -81,43 +87,109 @@ def observe(observables, params, args) -> dict:
     return {o.name: o(model, problem, initial) for o in observables}
 
 
-def record(observables, y, args) -> dict:
-    """What a save holds: the observables at the state y = (W, E), and E itself."""
-    return {**observe(observables, y[0], args), ENERGY: y[1]}
+def record(observables, y, args, dynamics=GRADIENT_FLOW) -> dict:
+    """What a save holds: the observables at the state y = (W, E), E itself, and the
+    records of the dynamics."""
+    return {**observe(observables, y[0], args), ENERGY: y[1], **dynamics.records(y, args)}
 
 
-def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Numerics):
+def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Numerics, dynamics=GRADIENT_FLOW,
+                dt0=None):
     """The one call to `diffrax.diffeqsolve` in ordinary time, shared by every entry point:
-    PID control on the state (W, E), and a terminating event once R − R_min < `stop`."""
+    PID control on the state (W, E), and a terminating event once R − R_min < `stop` (a
+    linear network) or ‖∇R‖² < `options.stop_grad_norm_sq` (a network with an activation,
+    whose R_min is unknown). `dynamics` gives the vector field and further events (the
+    central flow's entering and leaving the edge, located by a root find). `dt0`: the first
+    step (None: the dynamics' own, or Diffrax's choice)."""
 
     def converged(t, y, args, **kwargs):
         static, problem, _ = args
-        return problem.excess_risk(end_to_end(eqx.combine(y[0], static))) < stop
+        model = eqx.combine(y[0], static)
+        if model.is_linear:
+            return problem.excess_risk(end_to_end(model)) < stop
+        return obs.squared_norm(obs.risk_gradient(model, problem)) < options.stop_grad_norm_sq
 
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
+        diffrax.ODETerm(dynamics.field),
         SOLVERS[options.solver](),
         t0=t0,
         t1=t1,
-        dt0=None,
+        dt0=dynamics.dt0 if dt0 is None else dt0,
         y0=y0,
         args=(static, problem, initial),
         saveat=saveat,
         stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol),
-        event=diffrax.Event(converged),
+        event=_event(converged, dynamics.events()),
         max_steps=options.max_steps,
         throw=False,
     )
 
 
+def _event(converged, events: tuple) -> diffrax.Event:
+    """Convergence, and the dynamics' own events: real-valued conditions that end the solve
+    when they cross zero upwards, at the crossing found by [`EventBisection`][]."""
+    if not events:
+        return diffrax.Event(converged)
+    return diffrax.Event((converged, *events), root_finder=EventBisection(rtol=1e-13, atol=1e-13),
+                         direction=(None, *[True] * len(events)))
+
+
+class EventBisection(optx.Bisection):
+    """Bisection on the time of the event that ended a step: no derivative of the
+    conditions (Newton's Jacobian would differentiate the central flow's eigensolver,
+    a third of its compile time).
+
+    Diffrax hands the root finder the conditions (convergence, *events*) at once, each
+    zero unless it triggered, a triggered boolean (convergence) as its distance t_end − t
+    to the end of the step. The triggered real-valued ones rise through zero (direction
+    True); so does the sum of theirs minus that distance, the scalar bisected here."""
+
+    flip: bool = False
+
+    @staticmethod
+    def _scalar(fn):
+        def scalar(t, args):
+            (converged, *events), aux = fn(t, args)
+            return sum(events) - converged, aux
+
+        return scalar
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        scalar = jax.ShapeDtypeStruct((), jax.tree.leaves(f_struct)[0].dtype)
+        return super().init(self._scalar(fn), y, args, options, scalar, aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return super().step(self._scalar(fn), y, args, options, state, tags)
+
+    def terminate(self, fn, y, args, options, state, tags):
+        return super().terminate(self._scalar(fn), y, args, options, state, tags)
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return super().postprocess(self._scalar(fn), y, aux, args, options, state, tags, result)
+
+
 @eqx.filter_jit
-def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None):
+def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None,
+              dynamics=GRADIENT_FLOW, dt0=None):
     """Ordinary-time solve of the state y0 = (W, E) over [t0, t1] (default [ts[0], ts[-1]]),
-    with the observables and E at `ts` and t1."""
+    with the observables, E and the dynamics' records at `ts` and t1 (save times outside
+    [t0, t1] are moved to its ends: `trim` then keeps one of each)."""
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
-    save = save_points(ts, lambda t, y, args: record(observables, y, args))
-    return diffeqsolve(y0, static, problem, initial, t0, t1, save, stop, options)
+    # Observables that continue from the previous save (Lanczos from the last eigenvector)
+    # are computed after the solve from the saved weights (`obs.along`).
+    inline, warm = obs.continued(observables)
+
+    def save(t, y, args):
+        return {**record(inline, y, args, dynamics), **({obs.WEIGHTS: y[0]} if warm else {})}
+
+    sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save), stop,
+                      options, dynamics, dt0)
+    if not warm:
+        return sol
+    saved = dict(sol.ys[0])
+    saved.update(obs.along(warm, saved.pop(obs.WEIGHTS), static, problem))
+    return eqx.tree_at(lambda s: s.ys, sol, (saved, *sol.ys[1:]))
 
 
 def save_points(grid, save) -> diffrax.SaveAt:

@@ -2,12 +2,12 @@
 
 Layout:
 - coordinates `time` (GF time; GD step k sits at t = kη), `layer` (1..L), `interface`
-  (k for the pair (W_k, W_{k+1})), `feature` (1..d);
+  (k for the pair (W_k, W_{k+1})), `feature` (1..d), `sample` (1..n);
 - one variable per observable, on `time` and the observable's own dims;
 - `weights_initial` and `weights_final` on (`layer`, `row`, `col`), each layer padded with
   NaN to the largest shape, and `p` on `output`;
 - `attrs`: the problem's constants (lam, Lam, a, pi_star_norm, R_min, n, d), the network
-  (kind, depth, widths), solver settings, status, step counts and provenance. Attribute
+  (kind, activation, depth, widths), solver settings, status, step counts and provenance. Attribute
   values are numbers or strings only (netCDF's rule); lists are stored as JSON.
 
 The GF Dataset ([`build`][]) and the GD one (`gflow.descent.run`, on `step_size`, `seed`
@@ -66,7 +66,7 @@ def network(weights: np.ndarray, ds: xr.Dataset) -> DeepLinear:
     """The network of `ds`'s kind and widths with the padded (layer, row, col) `weights`."""
     widths = json.loads(ds.attrs["widths"])
     layers = [weights[k, : widths[k + 1], : widths[k]] for k in range(len(widths) - 1)]
-    return from_layers(layers, ds["p"].values, ds.attrs["kind"])
+    return from_layers(layers, ds["p"].values, ds.attrs["kind"], ds.attrs.get("activation", "linear"))
 
 
 def model_kind(model: DeepLinear) -> str:
@@ -122,6 +122,7 @@ def network_fields(
         layer=("layer", np.arange(1, L + 1)),
         interface=("interface", np.arange(1, L)),
         feature=("feature", np.arange(1, problem.d + 1)),
+        sample=("sample", np.arange(1, problem.n + 1)),
     )
     data = dict(
         weights_initial=((*initial_dims, "layer", "row", "col"), weights_array(initial)),
@@ -130,7 +131,7 @@ def network_fields(
         pi_star=(("feature",), np.asarray(problem.pi_star)),
     )
     attrs = dict(problem.constants())
-    attrs.update(kind=model_kind(model), depth=L, widths=list(model.widths))
+    attrs.update(kind=model_kind(model), activation=model.activation, depth=L, widths=list(model.widths))
     return NetworkFields(coords, data, attrs)
 
 

@@ -1,8 +1,29 @@
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
 
 import gflow
-from gflow import models, problem, theory
+from gflow import compilation, models, problem, theory
+
+def pytest_configure(config):
+    """One JAX compilation cache for the whole session, fresh each time: the `gflow`
+    subprocesses, notebook kernels and Dask workers that the tests start read back what an
+    earlier one compiled (a test that sets GFLOW_JAX_CACHE itself still can). Processes of
+    the session started by it (e.g. test workers) inherit the folder; the first deletes it."""
+    if "GFLOW_TEST_CACHE" not in os.environ:
+        os.environ["GFLOW_TEST_CACHE"] = tempfile.mkdtemp(prefix="gflow-test-jax-cache-")
+        config._gflow_cache_owner = True
+    os.environ["GFLOW_JAX_CACHE"] = os.environ["GFLOW_TEST_CACHE"]
+    compilation.compilation_cache(os.environ["GFLOW_TEST_CACHE"])
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_gflow_cache_owner", False):
+        shutil.rmtree(os.environ.pop("GFLOW_TEST_CACHE"), ignore_errors=True)
+
 
 OBSERVABLES = (
     "risk",

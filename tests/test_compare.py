@@ -90,7 +90,8 @@ def test_descent_for_scenario(small):
     )
     sc = scen.from_dict(raw)
     problem, model = sc.validate_inputs()
-    gd = compare.descent_for_scenario(sc, problem, model)
+    gd, flows = compare.descent_for_scenario(sc, problem, model)
+    assert flows == {}  # neither descent.central nor descent.modified
     assert gd.seed.values.tolist() == [0, 1]
     assert "distance_to_flow" in gd and "weights" not in gd
     # t_max was raised to the GD horizon (500·0.02 = 10 > 5): no NaN from a short flow

@@ -1,10 +1,12 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import gflow
-from gflow import descent, flow, linalg, models, observables as obs, trajectory
+from gflow import descent, flow, linalg, models, observables as obs, problem, trajectory
+from gflow.descent import fused as fused_kernel, scan
 from gflow.compare import distance_to_flow
 
 
@@ -231,3 +233,153 @@ def test_a_batch_refuses_networks_with_different_output_vectors():
     b = models.residual(jax.random.key(1), 3, 2, 0.1)
     with pytest.raises(ValueError, match="output vector p"):
         descent.batch([a, b])
+
+
+# --- the fused kernel (sufficient statistics, run axis last) against the per-step autodiff path
+
+
+def _flat_runs(ds):
+    """Final weights per run, (step_size, seed, param), the NaN padding of layers dropped."""
+    w = ds.weights_final.values
+    return w.reshape(*w.shape[:2], -1)[..., ~np.isnan(ds.weights_initial.values[0].ravel())]
+
+
+def _partition(batch):
+    """(trainable leaves, the rest of one network) of a batch, as descend takes them."""
+    params, static = eqx.partition(batch, models.trainable(batch))
+    return params, jax.tree.map(lambda x: x[0], static)
+
+
+def _agree(fused_ds, autodiff_ds, rtol):
+    """Same statuses and divergence steps; the runs that never diverged: final weights
+    within `rtol` of their largest entry, records and final quantities to round-off."""
+    np.testing.assert_array_equal(fused_ds.status.values, autodiff_ds.status.values)
+    np.testing.assert_array_equal(fused_ds.diverged_at_step.values, autodiff_ds.diverged_at_step.values)
+    live = autodiff_ds.diverged_at_step.values < 0
+    wf, wa = _flat_runs(fused_ds)[live], _flat_runs(autodiff_ds)[live]
+    rel = np.abs(wf - wa).max(-1) / np.abs(wa).max(-1)
+    assert rel.max() <= rtol, rel.max()
+    np.testing.assert_allclose(fused_ds.risk.values[live], autodiff_ds.risk.values[live], rtol=1e-10)
+    # near a minimizer w − π* carries an absolute round-off of ~1e-16 (excess risk ~1e-32)
+    np.testing.assert_allclose(fused_ds.final_distance_to_pi_star.values[live],
+                               autodiff_ds.final_distance_to_pi_star.values[live], rtol=1e-10, atol=1e-14)
+    # so the excess risk E = eᵀΣ̂e, to 2√(EΛ)·1e-14
+    E = autodiff_ds.final_excess_risk.values[live]
+    bound = 2 * np.sqrt(E * float(autodiff_ds.attrs["Lam"])) * 1e-14 + 1e-10 * E
+    assert np.all(np.abs(fused_ds.final_excess_risk.values[live] - E) <= bound)
+    return rel.max()
+
+
+def _runs_both(models_, prob, etas, steps, **kw):
+    kw = dict(record_every=50, observables=("risk", "excess_risk"), record_weights=True, final_sharpness=False) | kw
+    return [descent.run(models_, prob, etas, steps, kernel=k, **kw) for k in ("fused", "autodiff")]
+
+
+def test_fused_kernel_matches_the_per_step_autodiff_path(paper_problem):
+    """The default kernel writes ∂R/∂W_k = a_k c_kᵀ out on Σ̂ and π*; `kernel="autodiff"` is
+    the per-step `jax.value_and_grad` of the risk it replaced. Same products, other order of
+    a few sums: after 300 steps the final weights agree to 1e-12 (measured ≤ 2e-15 here)
+    and no status or divergence step changes, on both sides of η_crit ≈ 0.095."""
+    fused, autodiff = _runs_both(_paper_mlps(range(4)), paper_problem, [0.005, 0.02, 0.05, 0.5, 3.0], 300)
+    assert fused.attrs["kernel"] == "fused" and autodiff.attrs["kernel"] == "autodiff"
+    assert (fused.status.values[-2:] == "diverged").all()  # η = 0.5, 3: divergence steps compared
+    _agree(fused, autodiff, rtol=1e-12)
+
+
+def test_fused_kernel_is_within_the_round_off_of_the_autodiff_path_itself(paper_problem):
+    """Some runs amplify round-off (here scale 0.5, seed 3, η = 0.02: a fast transient onto
+    the minimizer manifold): there the two kernels differ by ~4e-11 relative, and so does the
+    autodiff path from itself when its initial weights move by one ulp."""
+    ms = _paper_mlps(range(3, 5), scale=0.5)
+    nudged = [eqx.tree_at(lambda m: m.blocks, m, tuple(b * (1 + 2.0**-52) for b in m.blocks)) for m in ms]
+    fused, autodiff = _runs_both(ms, paper_problem, [0.02, 0.05], 300)
+    _, moved = _runs_both(nudged, paper_problem, [0.02, 0.05], 300)
+    wa = _flat_runs(autodiff)
+    scale = np.abs(wa).max(-1)
+    spread = np.abs(_flat_runs(moved) - wa).max(-1)
+    gap = np.abs(_flat_runs(fused) - wa).max(-1)
+    assert spread.max() > 1e-12 * scale.max()  # the sensitive run is in the set
+    assert np.all(gap <= np.maximum(1e-12 * scale, 10 * spread))
+    np.testing.assert_array_equal(fused.status.values, autodiff.status.values)
+
+
+def test_fused_kernel_matches_on_residual_networks(paper_problem):
+    nets = [models.residual(jax.random.key(s), 5, 6, 0.25, p_key=jax.random.key(0)) for s in range(3)]
+    fused, autodiff = _runs_both(nets, paper_problem, [0.01, 0.05, 2.0], 300)
+    assert (fused.status.values[-1] == "diverged").all()
+    _agree(fused, autodiff, rtol=1e-12)
+
+
+def test_fused_kernel_keeps_the_paper_grid_statuses(paper_grid, paper_problem):
+    """4000 steps at 9 step sizes around η_crit: every status and divergence step as the
+    autodiff path gives them. (The weights are compared through the final sharpness, well
+    below η_crit only: from η = 0.07 on runs sit at the edge of stability, where GD amplifies
+    round-off and two batch shapes of the autodiff path itself already differ.)"""
+    etas = paper_grid.step_size.values.tolist()
+    autodiff = descent.run(_paper_mlps(range(4)), paper_problem, etas, 4000, observables=("excess_risk",), tol=1e-10,
+                           kernel="autodiff")
+    np.testing.assert_array_equal(paper_grid.status.values, autodiff.status.values)
+    np.testing.assert_array_equal(paper_grid.diverged_at_step.values, autodiff.diverged_at_step.values)
+    stable = paper_grid.step_size.values < 0.07
+    np.testing.assert_allclose(paper_grid.final_sharpness.values[stable], autodiff.final_sharpness.values[stable],
+                               rtol=1e-9)
+
+
+def test_fused_kernel_for_deep_networks_runs_blocks_in_a_scan(paper_problem, monkeypatch):
+    """Beyond fused.UNROLL_TERMS, the layers of a block run in a lax.scan: the same numbers
+    as the written-out loop (and as autodiff) to round-off."""
+    params, static = _partition(descent.batch(_paper_mlps(range(2))))
+
+    def final(kernel, unroll_terms):
+        monkeypatch.setattr(fused_kernel, "UNROLL_TERMS", unroll_terms)
+        f = jax.jit(jax.vmap(lambda q: scan.descend(q, static, paper_problem, 0.05, 1e6, steps=200, record_every=50,
+                                                    kernel=kernel)))
+        out = f(params)
+        return np.concatenate([np.asarray(b).reshape(2, -1) for b in out.final_params.blocks], 1), out
+
+    unrolled, a = final("fused", 512)
+    blocks, b = final("fused", 0)
+    reference, c = final("autodiff", 512)
+    for w in (unrolled, blocks):
+        assert np.max(np.abs(w - reference)) <= 1e-12 * np.max(np.abs(reference))
+    assert a.diverged_at.tolist() == b.diverged_at.tolist() == c.diverged_at.tolist() == [-1, -1]
+    np.testing.assert_allclose(b.progress_at_half, c.progress_at_half, rtol=1e-9)
+
+
+def test_fused_kernel_one_run_and_a_batch_of_problems(paper_problem):
+    """descend outside vmap (the kernel's own run axis of length 1), and under a vmap over
+    problems (the vmap rule falls back to one run at a time): as a batch of runs."""
+    params, static = _partition(descent.batch(_paper_mlps(range(2))))
+
+    def run(q, prob, kernel="fused"):
+        return scan.descend(q, static, prob, 0.05, 1e6, steps=120, record_every=40, kernel=kernel)
+
+    batch = jax.jit(jax.vmap(run, in_axes=(0, None)))(params, paper_problem)
+    q0 = jax.tree.map(lambda x: x[0], params)
+    alone = jax.jit(run)(q0, paper_problem)
+    np.testing.assert_allclose(alone.final_params.blocks[0], batch.final_params.blocks[0][0], rtol=0, atol=1e-15)
+    other = problem.gaussian(50, 5, noise=0.5, seed=3)
+    probs = jax.tree.map(lambda *x: jnp.stack(x), paper_problem, other)
+    both = jax.jit(jax.vmap(run, in_axes=(None, 0)))(q0, probs)
+    for i, prob in enumerate((paper_problem, other)):
+        ref = jax.jit(run, static_argnums=2)(q0, prob, "autodiff")
+        np.testing.assert_allclose(both.final_params.blocks[0][i], ref.final_params.blocks[0], rtol=0, atol=1e-12)
+        assert int(both.diverged_at[i]) == int(ref.diverged_at) == -1
+
+
+def test_networks_without_sufficient_statistics_take_the_general_path(paper_problem):
+    """A GELU network has no end-to-end regressor, and the balance tracker needs the
+    gradient blocks: both run the per-step autodiff path whatever `kernel` says."""
+    gelu = [models.mlp(jax.random.key(s), models.mlp_widths(5, 3, 5), 0.5, activation="gelu") for s in range(2)]
+    kw = dict(record_every=20, observables=("risk",), record_weights=True, final_sharpness=False)
+    a = descent.run(gelu, paper_problem, [0.05, 0.1], 60, kernel="fused", **kw)
+    b = descent.run(gelu, paper_problem, [0.05, 0.1], 60, kernel="autodiff", **kw)
+    np.testing.assert_array_equal(a.weights_final.values, b.weights_final.values)
+    np.testing.assert_array_equal(a.status.values, b.status.values)
+    kw = dict(record_every=50, observables=("balance_drift",), final_sharpness=False)
+    a = descent.run(_paper_mlps(range(2)), paper_problem, [0.02], 100, kernel="fused", **kw)
+    b = descent.run(_paper_mlps(range(2)), paper_problem, [0.02], 100, kernel="autodiff", **kw)
+    np.testing.assert_array_equal(a.balance_residual.values, b.balance_residual.values)
+    assert np.nanmax(a.balance_residual.values) <= 1e-12 * np.nanmax(a.max_weight_sq.values)
+    with pytest.raises(ValueError, match="kernel"):
+        descent.run(_paper_mlps(range(1)), paper_problem, [0.02], 10, kernel="numba")

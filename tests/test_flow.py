@@ -148,3 +148,9 @@ def test_input_size_must_match_the_data(paper_problem):
     model = models.mlp(jax.random.key(1), [4, 3, 1], 0.5)
     with pytest.raises(models.ShapeError, match="d = 5"):
         gflow.solve(model, paper_problem)
+
+
+def test_two_saves_are_0_and_t_max():
+    """With saves = 2 the one save after t = 0 is t_max, for either spacing (the solve runs to t_max)."""
+    for spacing in ("log", "linear"):
+        np.testing.assert_array_equal(gflow.FlowOptions(saves=2, t_max=50.0, spacing=spacing).save_times(), [0.0, 50.0])

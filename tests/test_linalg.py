@@ -19,14 +19,14 @@ def _dense_and_lanczos(model, prob):
 def test_lanczos_matches_dense_hessian_at_random_points(paper_problem, depth, width, scale, seed):
     model = models.mlp(jax.random.key(seed), models.mlp_widths(5, depth, width), scale)
     eigs, top = _dense_and_lanczos(model, paper_problem)
-    assert top == pytest.approx(eigs[-1], rel=1e-8)
+    assert top == pytest.approx(eigs[-1], rel=1e-10)
 
 
 def test_lanczos_matches_dense_hessian_residual():
     prob = problem.gaussian(40, 6, seed=1)
     model = models.residual(jax.random.key(1), 6, 8, 0.5)
     eigs, top = _dense_and_lanczos(model, prob)
-    assert top == pytest.approx(eigs[-1], rel=1e-8)
+    assert top == pytest.approx(eigs[-1], rel=1e-10)
 
 
 def test_lanczos_returns_largest_algebraic_not_largest_modulus():
@@ -35,7 +35,7 @@ def test_lanczos_returns_largest_algebraic_not_largest_modulus():
     model = models.mlp(jax.random.key(1), models.mlp_widths(5, 6, 5), 0.2)
     eigs, top = _dense_and_lanczos(model, prob)
     assert -eigs[0] > 1.2 * eigs[-1] > 0  # the case is what it claims to be
-    assert top == pytest.approx(eigs[-1], rel=1e-8)
+    assert top == pytest.approx(eigs[-1], rel=1e-10)
 
 
 def test_lanczos_survives_an_exhausted_krylov_space():
@@ -69,3 +69,123 @@ def test_top_singular_triplet():
     s, u, v = linalg.top_singular_triplet(jnp.asarray(W))
     assert float(s) == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
     np.testing.assert_allclose(W @ np.asarray(v), float(s) * np.asarray(u), atol=1e-12)
+
+
+# --- top eigenpairs and third derivatives (the central flow, theory.md §8) ---------------------
+
+
+def test_block_lanczos_finds_every_copy_of_a_repeated_top_eigenvalue():
+    # eigenvalues 5, 5, 3, then 20 values in [0, 1): a single start vector sees one 5 only
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(rng.standard_normal((23, 23)))[0]
+    values = np.concatenate([[5.0, 5.0, 3.0], rng.uniform(0, 1, 20)])
+    A = jnp.asarray(Q @ np.diag(values) @ Q.T)
+    single = linalg.lanczos_ritz_values(lambda v: A @ v, 23, steps=15)
+    assert np.sum(np.abs(np.asarray(single) - 5.0) < 1e-6) == 1
+    start = jax.random.normal(jax.random.key(0), (3, 23))
+    top, vectors = linalg.top_eigenpairs(lambda v: A @ v, start, steps=7)  # 21 of 23 dimensions
+    np.testing.assert_allclose(top, [5.0, 5.0, 3.0], rtol=1e-10)
+    np.testing.assert_allclose(vectors @ np.asarray(A), np.asarray(top)[:, None] * vectors, atol=1e-5)
+    np.testing.assert_allclose(vectors @ vectors.T, np.eye(3), atol=1e-12)
+
+
+@pytest.mark.parametrize("scale, seed", [(0.35, 0), (0.6, 1)])
+def test_top_hessian_eigenpairs_match_the_dense_hessian(paper_problem, scale, seed):
+    model = models.mlp(jax.random.key(seed), models.mlp_widths(5, 10, 5), scale)
+    f, x = observables.flat_risk(model, paper_problem)
+    H = np.asarray(linalg.dense_hessian(f, x))
+    eigs = np.linalg.eigvalsh(H)[::-1][:3]
+    start = jax.random.normal(jax.random.key(2), (3, x.size))
+    top, vectors = linalg.top_hessian_eigenpairs(f, x, start, 15)
+    np.testing.assert_allclose(top, eigs, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(vectors) @ H, eigs[:, None] * np.asarray(vectors), atol=1e-8 * eigs[0])
+
+
+def test_third_derivative_matches_differences_of_the_dense_hessian():
+    """∇³f[u, v, ·] against (∇²f(x + εu) − ∇²f(x − εu))v/(2ε), dense Hessians (no third-order AD)."""
+    prob = problem.gaussian(20, 3, seed=2)
+    model = models.mlp(jax.random.key(3), models.mlp_widths(3, 3, 3), 0.7)
+    f, x = observables.flat_risk(model, prob)
+    u, v = jax.random.normal(jax.random.key(4), (2, x.size))
+    eps = 1e-4
+    fd = (linalg.dense_hessian(f, x + eps * u) - linalg.dense_hessian(f, x - eps * u)) @ v / (2 * eps)
+    got = linalg.third_derivative(f, x, u, v)
+    np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8 * float(jnp.abs(fd).max()))
+    np.testing.assert_allclose(got, linalg.third_derivative(f, x, v, u), rtol=1e-10, atol=1e-12)  # symmetric
+
+
+# --- Lanczos stopped at convergence, warm starts (issue 14) ------------------------------------
+
+
+def _spectrum(values, seed=0):
+    """A symmetric matrix with the given eigenvalues and random eigenvectors (columns of Q)."""
+    Q = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(values), len(values))))[0]
+    return jnp.asarray(Q @ np.diag(values) @ Q.T), Q
+
+
+def test_lanczos_top_estimates_bound_the_error_and_stop_early():
+    values = np.concatenate([[4.0, 3.0], np.random.default_rng(1).uniform(-3.5, 2.5, 98)])
+    A, _ = _spectrum(values)
+    start = jax.random.normal(jax.random.key(0), (1, 100))
+    pairs = linalg.lanczos_top(lambda v: A @ v, start, 100)
+    assert int(pairs.products) < 40  # stopped at convergence, well before the cap
+    assert float(pairs.values[0]) == pytest.approx(4.0, rel=1e-12)
+    assert abs(float(pairs.values[0]) - 4.0) <= 10 * float(pairs.errors[0]) + 1e-15
+    assert float(pairs.errors[0]) <= linalg.LANCZOS_TOL * 4.0
+    v = np.asarray(pairs.vectors[0])
+    np.testing.assert_allclose(np.asarray(A) @ v, 4.0 * v, atol=1e-5)
+
+
+def test_lanczos_top_warm_start_from_a_nearby_operator_is_cheaper():
+    A, Q = _spectrum(np.concatenate([[5.0, 3.0], np.random.default_rng(2).uniform(-4.0, 2.5, 78)]))
+    B = np.random.default_rng(3).standard_normal((80, 80))
+    A2 = A + 1e-4 * jnp.asarray(B + B.T)
+    exact = np.linalg.eigvalsh(np.asarray(A2))[-1]
+    cold = linalg.lanczos_top(lambda v: A2 @ v, jax.random.normal(jax.random.key(0), (1, 80)), 80)
+    warm = linalg.lanczos_top(lambda v: A2 @ v, linalg.warm_start(jnp.asarray(Q[:, :1].T)), 80)
+    for pairs in (cold, warm):
+        assert float(pairs.values[0]) == pytest.approx(exact, rel=1e-12)
+    assert int(warm.products) <= int(cold.products) // 2
+
+
+def test_lanczos_top_finds_a_top_eigenvalue_its_warm_start_is_orthogonal_to():
+    # The eigenvalues crossed: the warm start is exactly the eigenvector of the second one.
+    A, Q = _spectrum(np.concatenate([[3.0, 2.0], np.random.default_rng(4).uniform(-2.5, 1.5, 58)]))
+    pairs = linalg.lanczos_top(lambda v: A @ v, linalg.warm_start(jnp.asarray(Q[:, 1:2].T)), 60)
+    assert float(pairs.values[0]) == pytest.approx(3.0, rel=1e-12)
+    # no previous vector (NaN rows): the fixed random start
+    cold = linalg.warm_start(jnp.full((2, 60), jnp.nan))
+    assert np.all(np.isfinite(cold)) and np.allclose(np.linalg.norm(cold, axis=1), 1.0)
+
+
+def test_lanczos_top_restarts_when_the_basis_is_full():
+    # a small relative gap at the top: many more products than the 8-vector basis holds
+    values = np.concatenate([[1.0, 0.97], np.linspace(-1.0, 0.95, 198)])
+    A, _ = _spectrum(values, seed=5)
+    pairs = linalg.lanczos_top(lambda v: A @ v, jax.random.normal(jax.random.key(1), (1, 200)), 400, basis=8)
+    assert 8 < int(pairs.products) < 400
+    assert float(pairs.values[0]) == pytest.approx(1.0, rel=1e-11)
+
+
+def test_lanczos_top_block_finds_every_copy_and_stops_on_an_exhausted_space():
+    rng = np.random.default_rng(1)
+    A, _ = _spectrum(np.concatenate([[5.0, 5.0, 3.0], rng.uniform(0, 1, 20)]), seed=6)
+    pairs = linalg.lanczos_top(lambda v: A @ v, jax.random.normal(jax.random.key(0), (3, 23)), 200)
+    np.testing.assert_allclose(pairs.values, [5.0, 5.0, 3.0], rtol=1e-11)
+    np.testing.assert_allclose(pairs.vectors @ pairs.vectors.T, np.eye(3), atol=1e-10)
+    # identity plus a rank-one term: a Krylov space of dimension 2
+    u = jnp.arange(1.0, 31.0) / 30
+    B = jnp.eye(30) + 3.0 * jnp.outer(u, u) / (u @ u)
+    pairs = linalg.lanczos_top(lambda v: B @ v, jax.random.normal(jax.random.key(2), (1, 30)), 30)
+    assert np.all(np.isfinite(pairs.values)) and float(pairs.values[0]) == pytest.approx(4.0, rel=1e-12)
+    # more vectors wanted than dimensions: the whole space, exactly
+    C = jnp.asarray(np.diag([2.0, -1.0]))
+    pairs = linalg.lanczos_top(lambda v: C @ v, jax.random.normal(jax.random.key(3), (2, 2)), 10)
+    np.testing.assert_allclose(pairs.values, [2.0, -1.0], rtol=1e-12)
+
+
+def test_top_singular_triplet_of_a_wide_layer():
+    W = np.random.default_rng(1).standard_normal((50, 50))
+    s, u, v = linalg.top_singular_triplet(jnp.asarray(W))
+    assert float(s) == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
+    np.testing.assert_allclose(W @ np.asarray(v), float(s) * np.asarray(u), atol=1e-11)

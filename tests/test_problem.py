@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,39 @@ def test_bad_files_are_refused(tmp_path):
         problem.load(tmp_path / "bad.csv")
     with pytest.raises(DataError, match=".npz or .csv"):
         problem.load(tmp_path / "obj.npy")
+
+
+def test_diabetes_is_standardized_split_and_rescaled_from_the_training_rows():
+    sk = pytest.importorskip("sklearn.datasets")
+    raw = sk.load_diabetes(scaled=False)
+    prob = problem.dataset("diabetes", n_test=42, seed=5)
+    plain = problem.dataset("diabetes", n_test=42, seed=5, unit_pi_star=False)
+    X, X_test = np.asarray(prob.X), np.asarray(prob.X_test)
+    assert (prob.n, prob.d, X_test.shape) == (400, 10, (42, 10))
+    np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-12)  # the training rows' statistics
+    np.testing.assert_allclose(X.std(axis=0), 1, rtol=1e-12)
+    assert abs(float(np.mean(plain.y))) < 1e-9
+    assert float(np.linalg.norm(prob.pi_star)) == pytest.approx(1.0, rel=1e-12)
+
+    def standardized(A):  # an affine map per column disappears under standardization
+        return (A - A.mean(axis=0)) / A.std(axis=0)
+
+    # training and test rows are the 442 patients, each once, under one affine map per column
+    rows = {tuple(r) for r in np.round(standardized(np.concatenate([X, X_test])), 8)}
+    assert rows == {tuple(r) for r in np.round(standardized(raw.data), 8)} and len(rows) == 442
+    targets = np.concatenate([plain.y, plain.y_test])
+    np.testing.assert_allclose(np.sort(targets - targets.mean()), np.sort(raw.target - raw.target.mean()), atol=1e-9)
+    # ‖π*‖ = 1 divides training and test targets by one number
+    ratio = np.concatenate([plain.y, plain.y_test]) / np.concatenate([prob.y, prob.y_test])
+    np.testing.assert_allclose(ratio, np.linalg.norm(plain.pi_star), rtol=1e-10)
+    assert not np.allclose(np.asarray(problem.dataset("diabetes", n_test=42, seed=6).X_test), X_test)
+    with pytest.raises(DataError, match="n_test"):
+        problem.dataset("linnerud", n_test=19)
+
+
+def test_a_dataset_without_scikit_learn_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(DataError, match=r"gflow\[datasets\]"):
+        problem.dataset("diabetes")
+    with pytest.raises(DataError, match="unknown data set"):
+        problem.dataset("iris")

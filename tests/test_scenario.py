@@ -147,3 +147,20 @@ def test_sweep_expansion(tmp_path):
     wrong_value = SMALL + '\n[sweep]\n"model.depth" = [2, -1]\n'
     with pytest.raises(ScenarioError, match="model.depth"):
         scen.expand(scen.load(write(tmp_path, wrong_value)))
+
+
+def test_gelu_and_dataset_keys(tmp_path):
+    pytest.importorskip("sklearn")
+    text = SMALL.replace('kind = "gaussian"\nn = 20\nd = 3', 'kind = "dataset"\nname = "diabetes"\nn_test = 42')
+    text = text.replace('depth = 3\n', 'depth = 3\nactivation = "gelu_exact"\n')
+    s = scen.load(write(tmp_path, text + '\n[descent]\nstep_sizes = [0.1]\nsteps = 10\n'))
+    assert s.record.observables == ["risk", "grad_norm_sq", "sharpness", "singular_values", "rank_one_gap", "alignment"]
+    assert s.descent.observables == ["risk"]  # the defaults less what a GELU network lacks
+    prob, model = s.validate_inputs()
+    assert (prob.n, prob.d, prob.X_test.shape[0]) == (400, 10, 42) and model.activation == "gelu_exact"
+    bad = SMALL.replace('kind = "mlp"\ndepth = 3\nwidth = 3\ninit = { kind = "small_scale", scale = 0.5 }',
+                        'kind = "residual"\ndepth = 3\nactivation = "gelu"\ninit = { kind = "residual", s = 0.5 }')
+    with pytest.raises(ScenarioError, match="model: a residual network is linear"):
+        scen.load(write(tmp_path, bad))
+    with pytest.raises(ScenarioError, match="model.activation"):
+        scen.load(write(tmp_path, SMALL.replace('depth = 3\n', 'depth = 3\nactivation = "relu"\n')))

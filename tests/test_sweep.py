@@ -1,15 +1,17 @@
 """gflow.sweep: the paper's qualitative claims as assertions on sweep outputs (reduced
 sizes), resuming an interrupted sweep, and bad sweep files."""
 
+import dataclasses
 import os
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 import xarray as xr
 
-from gflow import cli, sweep, trajectory
+from gflow import cli, flow, models, problem, sweep, trajectory
 from gflow import scenario as scen
 from gflow.scenario import ScenarioError
 
@@ -34,30 +36,32 @@ def _no_compilation_cache(monkeypatch):
     monkeypatch.setenv("GFLOW_JAX_CACHE", "off")
 
 
+MLP_GRID = f"""
+    name = "mlp"
+    {PAPER_DATA}
+    [model]
+    kind = "mlp"
+    depth = 10
+    width = 5
+    init = {{ kind = "small_scale", scale = 0.25 }}
+    [flow]
+    t_max = 1e6
+    [descent]
+    step_sizes = [0.02, 0.05, 0.12, 0.2]
+    steps = 4000
+    reps = 4
+    observables = []
+    [sweep]
+    "model.init.scale" = [0.25, 0.3]
+    """
+
+
 @pytest.fixture(scope="module")
 def mlp_grid(tmp_path_factory):
     """The paper's MLP (n = 50, d = 5, L = 10) at two small scales, four step sizes on both
     sides of η_crit = 2/S_lower ≈ 0.095, four seeds, 4000 steps, with the GF point."""
     tmp = tmp_path_factory.mktemp("mlp")
-    path = write(tmp, f"""
-        name = "mlp"
-        {PAPER_DATA}
-        [model]
-        kind = "mlp"
-        depth = 10
-        width = 5
-        init = {{ kind = "small_scale", scale = 0.25 }}
-        [flow]
-        t_max = 1e6
-        [descent]
-        step_sizes = [0.02, 0.05, 0.12, 0.2]
-        steps = 4000
-        reps = 4
-        observables = []
-        [sweep]
-        "model.init.scale" = [0.25, 0.3]
-        """)
-    return sweep.run(path, tmp / "out").dataset
+    return sweep.run(write(tmp, MLP_GRID), tmp / "out").dataset
 
 
 def test_gd_fails_above_the_critical_step_size(mlp_grid):
@@ -103,6 +107,65 @@ def test_small_scale_sharpness_barely_depends_on_step_size(mlp_grid):
     assert medians.max() / medians.min() < 1.1  # while 2/η changes by 2.5x
     gf = np.median(ds.gf_final_sharpness.values[ds.gf_status.values == "converged"])
     assert np.all(np.abs(medians / gf - 1) < 0.1)
+
+
+def test_gf_point_is_the_per_seed_solve(mlp_grid, tmp_path):
+    """The GF point of a chunk (every (point, seed) in one vmapped solve) against one
+    `flow.solve` per initialization, as the sweep did before.
+
+    Both run Tsit5 with PID control at rtol = 1e-8, atol = 1e-10 on the same ODE, stopped by
+    the same event (excess risk < 1e-12 at the end of a step); they differ only in
+    round-off (batched and single programs), which the step-size controller turns into
+    slightly different steps. Each solve is within its global error of the exact flow (a
+    few hundred steps of local errors ≤ rtol, contracted near the minimizer): 1e-5
+    relative (1000 rtol) bounds the differences of the stopping time and of the
+    sharpness. The excess risk E decays on the last stretch at rate ‖∇R‖²/E ≤ 2S (the
+    risk is S-smooth there), so stopping times δt apart change E by at most a factor
+    e^{2S·δt}, and ‖w − π*‖ (E ≈ ‖w − π*‖²_Σ̂ there) by e^{S·δt}; 1e-6 more is left for
+    round-off. (Observed: 1e-7 relative on t, 1e-6 on E, 1e-11 on S.)"""
+    names = ["excess_risk", "distance_to_pi_star", "sharpness"]
+    the_plan = sweep.plan(scen.load(write(tmp_path, MLP_GRID)))
+    for chunk in the_plan.chunks:
+        for raw in chunk.points:
+            point = scen.from_dict(raw, chunk.source)
+            prob = point.build_problem()
+            options = dataclasses.replace(point.flow.options(), saves=2, spacing="linear", t_first=None)
+            for seed in mlp_grid.seed.values:
+                ds = flow.solve(point.build_model(prob.d, int(seed)), prob, options, names)
+                got = mlp_grid.sel(scale=point.model.init.scale, seed=seed)
+                assert str(got.gf_status.values) == ds.attrs["status"] == "converged"
+                t, t_ref = float(got.gf_t_final), ds.attrs["t_final"]
+                assert abs(t - t_ref) <= 1e-5 * t_ref
+                S, S_ref = float(got.gf_final_sharpness), float(ds.sharpness.values[-1])
+                assert abs(S - S_ref) <= 1e-5 * S_ref
+                slack = S_ref * abs(t - t_ref) + 1e-6
+                E, E_ref = float(got.gf_final_excess_risk), float(ds.excess_risk.values[-1])
+                assert 0 < E < 1e-12 and 0 < E_ref < 1e-12
+                assert abs(np.log(E / E_ref)) <= 2 * slack
+                D, D_ref = float(got.gf_final_distance_to_pi_star), float(ds.distance_to_pi_star.values[-1])
+                assert abs(np.log(D / D_ref)) <= slack
+
+
+def test_gf_point_solves_the_arclength_clock_one_at_a_time():
+    """A member that `flow.solve` integrates on the arc-length clock is solved by it (the
+    same values), whatever the batch; the others agree with their own solves as above."""
+    from gflow.sweep import gf
+
+    prob = problem.gaussian(20, 3, seed=0)
+    nets = [models.mlp(jax.random.key(s), models.mlp_widths(3, 3, 3), 0.5) for s in range(3)]
+    plain = flow.FlowOptions(t_max=1e4, saves=2, spacing="linear")
+    options = [plain, dataclasses.replace(plain, clock="arclength"), plain]
+    names = ["excess_risk", "sharpness"]
+    out = gf.gf_point(nets, prob, options, names)
+    ref = flow.solve(nets[1], prob, options[1], names)
+    assert ref.attrs["clock"] == "arclength"
+    assert out["status"][1] == ref.attrs["status"] and out["t_final"][1] == ref.attrs["t_final"]
+    assert all(out[n][1] == float(ref[n].values[-1]) for n in names)
+    for i in (0, 2):
+        ref = flow.solve(nets[i], prob, options[i], names)
+        assert out["status"][i] == ref.attrs["status"] == "converged"
+        np.testing.assert_allclose(out["sharpness"][i], float(ref.sharpness.values[-1]), rtol=1e-5)
+        np.testing.assert_allclose(out["t_final"][i], ref.attrs["t_final"], rtol=1e-5)
 
 
 def test_residual_threshold_shrinks_like_one_over_depth(tmp_path):

@@ -25,19 +25,23 @@ from ..problem import Problem
 from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 from .batching import batch, unbatch_first
 from .scan import (
+    KERNELS,
     GridResult,
     GridSettings,
     InitialQuantities,
+    final_quantities,
     grid,
     initial_quantities,
     record_steps,
 )
 
 STATUSES = ("converged", "diverged", "stalled", "not_converged")
-"""Per-run outcomes: excess risk below `tol` at the end; frozen after a blow-up; no
-tenfold decrease of the excess risk over the second half of the run; still decreasing."""
+"""Per-run outcomes: excess risk below `tol` at the end (‖∇R‖² for a network with an
+activation, whose R_min is unknown); frozen after a blow-up; no tenfold decrease of that
+quantity over the second half of the run; still decreasing."""
 
 DEFAULT_OBSERVABLES = ("risk", "excess_risk", "distance_to_pi_star")
+"""Recorded unless asked otherwise (those a network has: `risk` alone for one with an activation)."""
 
 _WEIGHTS = obs.Observable("weights", lambda m, p, i: None, ("param",), "flat trainable parameters")
 _BALANCE = (
@@ -75,7 +79,7 @@ def run(
     steps: int | Sequence[int],
     *,
     record_every: int | Sequence[int] | None = None,
-    observables: Sequence[str] = DEFAULT_OBSERVABLES,
+    observables: Sequence[str] | None = None,
     final_sharpness: bool = True,
     initial_sharpness: bool = False,
     record_weights: bool = False,
@@ -84,6 +88,7 @@ def run(
     diverge_above: float | None = None,
     lanczos_steps: int = 40,
     seeds: Sequence | None = None,
+    kernel: str = "fused",
 ) -> xr.Dataset:
     """GD from every initialization at every step size, vectorized.
 
@@ -99,20 +104,27 @@ def run(
     - `record_every`: steps between records (one or one per step size); default about 100
       records per run. The last step is always recorded.
     - `observables`: registry names recorded (ask for "sharpness" only when needed: each
-      record costs a Lanczos run).
+      record costs a Lanczos run); None: those of `DEFAULT_OBSERVABLES` the network has.
     - `final_sharpness`, `initial_sharpness`: Lanczos sharpness at the end / start of each run.
     - `record_weights`: also record the flat trainable parameters (variable `weights`).
-    - `tol`: a run is "converged" when its final excess risk R − R_min ≤ tol.
+    - `tol`: a run is "converged" when its final excess risk R − R_min ≤ tol (a network with
+      an activation: its final ‖∇R‖² ≤ tol).
     - `diverge_factor`, `diverge_above`: a run diverges when its risk is non-finite or above
       `diverge_above` (default `diverge_factor`·R(W(0)) for each initialization).
     - `lanczos_steps`: Lanczos steps of the end-of-run sharpness.
     - `seeds`: labels of the initializations (coordinate `seed`; default 0, 1, …).
+    - `kernel`: how the steps compute R and ∇R: "fused" (a linear network's gradient written
+      out on the sufficient statistics Σ̂, π*, runs vectorized; several times faster) or
+      "autodiff" (`jax.value_and_grad` of the risk at every step, the general path, which a
+      network with an activation and a run recording `balance_drift` always take). They
+      agree to round-off; the choice is kept in `attrs["kernel"]`.
 
     **Returns:** an `xarray.Dataset` on dims (`step_size`, `seed`, `record`, …) with the
     coordinates `step` and `time` = η·step on (`step_size`, `record`) (NaN where a step size
     has fewer records); per run `status`, `diverged_at_step` (−1: never),
-    `final_excess_risk`, `final_distance_to_pi_star`, `final_sharpness` (NaN when
-    diverged), `weights_final`; per initialization `initial_risk`, `weights_initial`; and
+    `final_excess_risk` and `final_distance_to_pi_star` (with an activation:
+    `final_grad_norm_sq` and `final_risk`), `final_sharpness` (NaN when diverged),
+    `weights_final`; per initialization `initial_risk`, `weights_initial`; and
     in `attrs` the problem's constants, S_lower, S_upper, η_crit = 2/S_lower, settings and
     wall time.
     """
@@ -120,19 +132,22 @@ def run(
         models, problem, step_sizes, steps, record_every=record_every, observables=observables, seeds=seeds,
         tol=tol, diverge_factor=diverge_factor, diverge_above=diverge_above, lanczos_steps=lanczos_steps,
     )
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
     start = _time.perf_counter()
     initial = initial_quantities(plan.params, plan.static, problem, lanczos_steps, initial_sharpness)
     risk0 = np.asarray(initial.risk)
     thresholds = np.full(risk0.size, diverge_above) if diverge_above is not None else diverge_factor * risk0
     track = any(o.name == "balance_drift" for o in plan.observables)
-    results = execute(plan, problem, thresholds, record_weights=record_weights,
-                      final_sharpness=final_sharpness, lanczos_steps=lanczos_steps, track_balance=track)
+    results = execute(plan, problem, thresholds, record_weights=record_weights, final_sharpness=final_sharpness,
+                      lanczos_steps=lanczos_steps, track_balance=track, kernel=kernel)
     settings = dict(
         method="gradient_descent",
         tol=tol,
         diverge_factor=diverge_factor,
         diverge_above=diverge_above,
         lanczos_steps=lanczos_steps,
+        kernel=kernel,
         observables=[o.name for o in plan.observables],
         wall_time_s=_time.perf_counter() - start,
     )
@@ -195,16 +210,18 @@ def validate(
     everies = _per_step_size(record_every, etas.size, "record_every")
     everies = [max(1, s // 100) if r is None else min(r, s) for r, s in zip(everies, step_counts)]
     _check_settings(tol, diverge_factor, diverge_above, lanczos_steps)
-    try:
-        observables = obs.get(list(observables))
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    if len({o.name for o in observables}) != len(observables):
-        raise ValueError("observables are listed twice.")
     batched = batch(models)
     n_init = batched.p.shape[0]
     network = unbatch_first(batched)
     check_input_width(network, problem.d)
+    if observables is None:
+        observables = obs.applicable(DEFAULT_OBSERVABLES, network.activation)
+    try:
+        observables = obs.get(list(observables), network)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if len({o.name for o in observables}) != len(observables):
+        raise ValueError("observables are listed twice.")
     seeds = np.arange(n_init) if seeds is None else np.asarray(seeds)
     if seeds.shape != (n_init,):
         raise ValueError(f"seeds must have one label per network ({n_init}); got {seeds.shape}.")
@@ -241,18 +258,19 @@ def execute(plan: Plan, problem: Problem, thresholds: np.ndarray, **settings) ->
 # --- assembly ------------------------------------------------------------------------------
 
 
-def classify(final_excess, excess_at_half, diverged_at, tol: float) -> np.ndarray:
-    """The [`STATUSES`][] of runs from their final excess risk, the one at half of the run,
-    and their divergence step (−1: never)."""
+def classify(final, at_half, diverged_at, tol: float) -> np.ndarray:
+    """The [`STATUSES`][] of runs from the quantity that decides convergence (excess risk,
+    or ‖∇R‖² with an activation) at their end and at half of the run, and their divergence
+    step (−1: never)."""
     status = np.full(diverged_at.shape, "not_converged", dtype=object)
     with np.errstate(invalid="ignore", divide="ignore"):
-        status[final_excess >= 0.1 * excess_at_half] = "stalled"
-    status[final_excess <= tol] = "converged"
+        status[final >= 0.1 * at_half] = "stalled"
+    status[final <= tol] = "converged"
     status[diverged_at >= 0] = "diverged"
     return status.astype(str)
 
 
-def _outcomes(results: list[GridResult], tol: float, final_sharpness: bool) -> dict:
+def _outcomes(results: list[GridResult], network: DeepLinear, tol: float, final_sharpness: bool) -> dict:
     """Per-run variables on (step_size, seed): status, divergence step, final quantities."""
 
     def stacked(get):
@@ -260,14 +278,15 @@ def _outcomes(results: list[GridResult], tol: float, final_sharpness: bool) -> d
 
     diverged_at = stacked(lambda r: r.diverged_at).astype(np.int64)
     final = {k: stacked(lambda r, k=k: r.final[k]) for k in results[0].final}
+    decides = final_quantities(network)[0]
     runs = ("step_size", "seed")
-    return {
-        "status": (runs, classify(final["excess_risk"], stacked(lambda r: r.excess_at_half), diverged_at, tol)),
+    out = {
+        "status": (runs, classify(final[decides], stacked(lambda r: r.progress_at_half), diverged_at, tol)),
         "diverged_at_step": (runs, diverged_at),
-        "final_excess_risk": (runs, final["excess_risk"]),
-        "final_distance_to_pi_star": (runs, final["distance_to_pi_star"]),
-        "final_sharpness": (runs, final["sharpness"] if final_sharpness else np.full(diverged_at.shape, np.nan)),
     }
+    out.update({f"final_{k}": (runs, final[k]) for k in final_quantities(network)})
+    out["final_sharpness"] = (runs, final["sharpness"] if final_sharpness else np.full(diverged_at.shape, np.nan))
+    return out
 
 
 def _records(results: list[GridResult], names, n_rec: int) -> dict[str, np.ndarray]:
@@ -315,7 +334,7 @@ def assemble(
     recorded = plan.observables + ((_WEIGHTS,) if record_weights else ()) + (_BALANCE if track_balance else ())
     records = _records(results, [o.name for o in recorded], coords["record"][1].size)
     data = trajectory.observable_variables(recorded, records, ("step_size", "seed", "record"))
-    data.update(_outcomes(results, settings["tol"], final_sharpness))
+    data.update(_outcomes(results, plan.network, settings["tol"], final_sharpness))
     data["steps"] = (("step_size",), np.asarray(plan.steps, np.int64))
     data["record_every"] = (("step_size",), np.asarray(plan.record_every, np.int64))
     data["initial_risk"] = (("seed",), np.asarray(initial.risk))

@@ -3,8 +3,12 @@
 One run is a `lax.scan` over steps (nested: an outer scan over records, an inner one over
 the `record_every` steps between them), so observables cost only where they are kept. A
 grid of runs is that scan under two `vmap`s, over step sizes and over initializations, in
-one compiled call per [`GridSettings`][]. Everything here is pure and traced; validation
-and the Dataset live in `gflow.descent.run`.
+one compiled call per [`GridSettings`][]. The steps between records run in one of two
+kernels: "fused" (`gflow.descent.fused`: a linear network's gradient written out on the
+sufficient statistics, runs vectorized with the run axis last; the default) or "autodiff"
+(`jax.value_and_grad` of the risk at every step, the general path: networks with an
+activation and runs that track the balance identity take it). Everything here is pure
+and traced; validation and the Dataset live in `gflow.descent.run`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .. import linalg, observables as obs
 from ..models import DeepLinear, end_to_end
 from ..problem import Problem
 from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
+from . import fused
 
 
 class Descent(NamedTuple):
@@ -28,24 +33,25 @@ class Descent(NamedTuple):
 
     - `final_params`: the trainable leaves after the last step (frozen at a divergence).
     - `diverged_at`: the step at which the run diverged; −1 when it never did.
-    - `excess_at_half`: the excess risk at step `steps // 2` (for the "stalled" status).
+    - `progress_at_half`: at step `steps // 2`, what decides convergence (for the "stalled"
+      status): the excess risk of a linear network, ‖∇R‖² of one with an activation.
     - `records`: observable name → array with a leading record axis (NaN from the divergence on).
     """
 
     final_params: DeepLinear
     diverged_at: jax.Array
-    excess_at_half: jax.Array
+    progress_at_half: jax.Array
     records: dict[str, jax.Array]
 
 
 class GridResult(NamedTuple):
     """A grid of runs from [`grid`][]: the fields of [`Descent`][] with leading axes
-    (step size, initialization), and `final`: excess_risk, distance_to_pi_star and (when
-    asked) sharpness at the end of each run, NaN for a diverged run."""
+    (step size, initialization), and `final`: the [`final_quantities`][] and (when asked)
+    sharpness at the end of each run, NaN for a diverged run."""
 
     final_params: DeepLinear
     diverged_at: jax.Array
-    excess_at_half: jax.Array
+    progress_at_half: jax.Array
     final: dict[str, jax.Array]
     records: dict[str, jax.Array]
 
@@ -67,6 +73,10 @@ class GridSettings(eqx.Module):
     - `lanczos_steps`: Lanczos steps of that sharpness.
     - `track_balance`: carry η²Σ_j(G_{k+1}ᵀG_{k+1} − G_kG_kᵀ) along the run and record how far
       D_k(t) − D_k(0) is from it (`balance_residual`; see [`BalanceTracker`][]).
+    - `kernel`: how a step computes R and ∇R ([`KERNELS`][]): "fused" (a linear network's
+      gradient written out on the sufficient statistics, `gflow.descent.fused`) or
+      "autodiff" (`jax.value_and_grad` of the risk at every step, the general path, which a
+      network with an activation and a run with `track_balance` always take).
     """
 
     steps: int = eqx.field(static=True)
@@ -76,6 +86,11 @@ class GridSettings(eqx.Module):
     final_sharpness: bool = eqx.field(static=True)
     lanczos_steps: int = eqx.field(static=True)
     track_balance: bool = eqx.field(static=True, default=False)
+    kernel: str = eqx.field(static=True, default="fused")
+
+    def __check_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}; got {self.kernel!r}.")
 
 
 
@@ -117,9 +132,25 @@ def _weight_sq(model: DeepLinear) -> jax.Array:
     return sum(jnp.sum(b**2) for b in model.weight_blocks())
 
 
-def _excess(params, static, problem):
+def final_quantities(model: DeepLinear) -> tuple[str, str]:
+    """What a GD run reports at its end besides sharpness, the first deciding "converged":
+    (excess_risk, distance_to_pi_star) for a linear network, (grad_norm_sq, risk) for one
+    with an activation (its R_min is unknown: it converges on ‖∇R‖²)."""
+    return ("excess_risk", "distance_to_pi_star") if model.is_linear else ("grad_norm_sq", "risk")
+
+
+def _objective(params, static, problem):
+    """What GD differentiates: the excess risk of a linear network (exact, so a converged
+    run is not hidden by the round-off of R_min), the risk of one with an activation."""
     model = eqx.combine(params, static)
-    return problem.excess_risk(end_to_end(model, unroll=model.depth <= 64))
+    if model.is_linear:
+        return problem.excess_risk(end_to_end(model, unroll=model.depth <= 64))
+    return obs.risk_of(model, problem)
+
+
+def _risk(value, static, problem):
+    """R from the value of [`_objective`][]."""
+    return problem.R_min + value if static.is_linear else value
 
 
 def _sharpness(params, static, problem, lanczos_steps):
@@ -127,10 +158,13 @@ def _sharpness(params, static, problem, lanczos_steps):
     return linalg.top_hessian_eigenvalue(f, x, lanczos_steps)
 
 
-def _diverging(excess, problem, diverge_above):
-    """Whether the risk R_min + `excess` is non-finite or above `diverge_above`."""
-    risk = problem.R_min + excess
+def _diverging(risk, diverge_above):
+    """Whether the risk is non-finite or above `diverge_above`."""
     return ~jnp.isfinite(risk) | (risk > diverge_above)
+
+
+KERNELS = ("fused", "autodiff")
+"""How GD steps compute R and ∇R (see [`GridSettings`][]); "fused" is the default."""
 
 
 def _recorder(static, problem, initial, diverge_above, observables, record_weights: bool):
@@ -144,7 +178,7 @@ def _recorder(static, problem, initial, diverge_above, observables, record_weigh
         if track is not None:
             out[BALANCE_RESIDUAL] = track.residual(model, initial)
             out[MAX_WEIGHT_SQ] = jnp.maximum(track.max_weight_sq, _weight_sq(model))
-        gone = ((div >= 0) & (div <= k)) | _diverging(_excess(q, static, problem), problem, diverge_above)
+        gone = ((div >= 0) & (div <= k)) | _diverging(_risk(_objective(q, static, problem), static, problem), diverge_above)
         return {name: jnp.where(gone, jnp.nan, v) for name, v in out.items()}
 
     return record
@@ -168,6 +202,7 @@ def descend(
     observables: tuple[obs.Observable, ...] = (),
     record_weights: bool = False,
     track_balance: bool = False,
+    kernel: str = "fused",
 ) -> Descent:
     """`steps` steps of GD from `eqx.combine(params, static)`, pure and jittable.
 
@@ -185,44 +220,63 @@ def descend(
     - `observables`: registry `Observable`s computed at the records.
     - `record_weights`: also record the flat trainable parameters.
     - `track_balance`: also record `balance_residual` and `max_weight_sq` ([`BalanceTracker`][]).
+    - `kernel`: how a step computes R and ∇R, "fused" or "autodiff" ([`GridSettings`][]);
+      the two agree to round-off (and, where GD amplifies round-off, as closely as two
+      batch shapes of the autodiff path agree with each other).
 
     **Returns:** a [`Descent`][].
     """
     initial = eqx.combine(params, static)
-    value_and_grad = jax.value_and_grad(_excess)
     half = steps // 2
+    if kernel == "fused" and fused.supports(initial) and not track_balance:
+        layout = fused.Layout(params, static)
 
-    def step(carry, _):
-        q, k, div, mid, track = carry
-        e, g = value_and_grad(q, static, problem)
-        div = jnp.where((div < 0) & _diverging(e, problem, diverge_above), k, div)
-        live = div < 0
-        if track is not None:
-            track = track.step(eqx.combine(q, static), eqx.combine(g, static), step_size, live)
-        q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
-        mid = jnp.where(k == half, e, mid)
-        return (q, k + 1, div, mid, track), None
+        def advance(carry, length):
+            x, k, div, mid, track = carry
+            out = fused.steps(layout, length, half)((x, k, div, mid), step_size, diverge_above, static.p, problem)
+            return (*out, track)
+
+        start, weights = layout.start(params), layout.params
+    else:
+        value_and_grad = jax.value_and_grad(_objective)
+
+        def step(carry, _):
+            q, k, div, mid, track = carry
+            e, g = value_and_grad(q, static, problem)
+            div = jnp.where((div < 0) & _diverging(_risk(e, static, problem), diverge_above), k, div)
+            live = div < 0
+            if track is not None:
+                track = track.step(eqx.combine(q, static), eqx.combine(g, static), step_size, live)
+            q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
+            mid = jnp.where(k == half, e if static.is_linear else obs.squared_norm(g), mid)
+            return (q, k + 1, div, mid, track), None
+
+        def advance(carry, length):
+            return jax.lax.scan(step, carry, None, length=length)[0]
+
+        start, weights = params, lambda q: q
 
     record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
 
     def chunk(carry, _):
-        carry, _ = jax.lax.scan(step, carry, None, length=record_every)
-        q, k, div, _mid, track = carry
-        return carry, record(q, k, div, track)
+        carry = advance(carry, record_every)
+        x, k, div, _mid, track = carry
+        return carry, record(weights(x), k, div, track)
 
     n_chunks, rest = divmod(steps, record_every)
     track = BalanceTracker.start(initial) if track_balance else None
-    carry = (params, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
+    carry = (start, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
     one_record = lambda rec: jax.tree.map(lambda x: x[None], rec)  # noqa: E731
     parts = [one_record(record(params, 0, -1, track))]
     carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
     parts.append(recs)
     if rest:
-        carry, _ = jax.lax.scan(step, carry, None, length=rest)
-        q, k, div, _mid, track = carry
-        parts.append(one_record(record(q, k, div, track)))
-    q, k, div, mid, _ = carry
-    div = jnp.where((div < 0) & _diverging(_excess(q, static, problem), problem, diverge_above), k, div)
+        carry = advance(carry, rest)
+        x, k, div, _mid, track = carry
+        parts.append(one_record(record(weights(x), k, div, track)))
+    x, k, div, mid, _ = carry
+    q = weights(x)
+    div = jnp.where((div < 0) & _diverging(_risk(_objective(q, static, problem), static, problem), diverge_above), k, div)
     recs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
     return Descent(q, div, mid, recs)
 
@@ -236,18 +290,19 @@ def grid(params, static, problem, step_sizes, thresholds, settings: GridSettings
         run = descend(
             q, static, problem, eta, thr, steps=settings.steps, record_every=settings.record_every,
             observables=settings.observables, record_weights=settings.record_weights,
-            track_balance=settings.track_balance,
+            track_balance=settings.track_balance, kernel=settings.kernel,
         )
-        w = end_to_end(eqx.combine(run.final_params, static))
-        final = dict(
-            excess_risk=problem.excess_risk(w),
-            distance_to_pi_star=jnp.linalg.norm(w - problem.pi_star),
-        )
+        model = eqx.combine(run.final_params, static)
+        if static.is_linear:
+            w = end_to_end(model)
+            final = dict(excess_risk=problem.excess_risk(w), distance_to_pi_star=jnp.linalg.norm(w - problem.pi_star))
+        else:
+            final = dict(grad_norm_sq=obs.grad_norm_sq(model, problem), risk=obs.risk_of(model, problem))
         if settings.final_sharpness:
             final["sharpness"] = _sharpness(run.final_params, static, problem, settings.lanczos_steps)
         gone = run.diverged_at >= 0
         final = {k: jnp.where(gone, jnp.nan, v) for k, v in final.items()}
-        return GridResult(run.final_params, run.diverged_at, run.excess_at_half, final, run.records)
+        return GridResult(run.final_params, run.diverged_at, run.progress_at_half, final, run.records)
 
     over_inits = jax.vmap(one, in_axes=(0, None, 0))
     return jax.vmap(over_inits, in_axes=(None, 0, None))(params, step_sizes, thresholds)
@@ -258,8 +313,8 @@ def initial_quantities(params, static, problem, lanczos_steps: int, sharpness: b
     """R(W(0)) and, when `sharpness`, S(W(0)) of each initialization (leading axis of `params`)."""
 
     def one(q):
-        e = _excess(q, static, problem)
+        risk = _risk(_objective(q, static, problem), static, problem)
         s = _sharpness(q, static, problem, lanczos_steps) if sharpness else jnp.nan
-        return InitialQuantities(problem.R_min + e, s)
+        return InitialQuantities(risk, s)
 
     return jax.vmap(one)(params)

@@ -17,17 +17,17 @@ import xarray as xr
 from .. import descent, flow
 from .. import observables as obs
 from .. import scenario as scen
+from .gf import gf_point
 from .plan import ChunkSpec
 
-_FINALS = ("final_excess_risk", "final_distance_to_pi_star", "final_sharpness")
 _INITIALS = ("initial_risk", "initial_sharpness")
 _CONSTANTS = ("S_lower", "S_upper", "eta_crit", "S_reference_8LLam", "a", "lam", "Lam", "R_min", "p_norm")
-_GF_OBSERVABLES = ("excess_risk", "distance_to_pi_star", "sharpness")
 
 
 def run_chunk(spec: ChunkSpec) -> xr.Dataset:
     """Run one chunk: GD at every step size from every initialization of its points
-    (one `gflow.descent.run` per set of seeds), and GF from every initialization.
+    (one `gflow.descent.run` per set of seeds), and GF from every initialization (one
+    vmapped solve, `gflow.sweep.gf`).
 
     Pure: the same spec gives the same Dataset, on any process (importing gflow enables
     float64). Dims `point` (grid positions), `step_size`, `seed`, `record`; a run that
@@ -45,6 +45,8 @@ def run_chunk(spec: ChunkSpec) -> xr.Dataset:
     data, step = _gd_variables(calls, len(points), etas, steps, seeds, sec.observables)
     if sec.gf:
         data.update(_gf_point(points, nets, prob, seeds, sec.observables))
+    if sec.central:
+        data.update(_central_point(points, nets, prob, seeds, etas, steps))
     attrs = calls[0][2].attrs
     for k in _CONSTANTS:
         data[k] = (("point",), np.full(len(points), float(attrs[k])))
@@ -98,7 +100,7 @@ def _gd_variables(calls, P: int, etas, steps, seeds, observables) -> tuple[dict,
     R = max(out.sizes["record"] for _, _, out in calls)
     status = np.full((P, E, S), "", object)
     div = np.full((P, E, S), -1, np.int64)
-    finals = {k: np.full((P, E, S), np.nan) for k in _FINALS}
+    finals = {k: np.full((P, E, S), np.nan) for k in calls[0][2].data_vars if k.startswith("final_")}
     init = {k: np.full((P, S), np.nan) for k in _INITIALS}
     step = np.full((E, R), np.nan)
     records: dict[str, tuple] = {}
@@ -135,21 +137,39 @@ def _gd_variables(calls, P: int, etas, steps, seeds, observables) -> tuple[dict,
 
 def _gf_point(points, nets, prob, seeds, gd_observables) -> dict:
     """GF from every initialization to the end of [flow]'s horizon; only the end is kept.
-    Same shapes within a chunk: `gflow.solve` compiles once and is reused."""
+    Every (point, seed) of the chunk in one vmapped solve (`gflow.sweep.gf`)."""
     scalar = [o.name for o in obs.get(list(gd_observables)) if not o.dims]
-    names = list(dict.fromkeys([*_GF_OBSERVABLES, *scalar]))
+    network = nets[0][seeds[0]]  # GD's final quantities: excess risk and distance, or ‖∇R‖² and risk
+    names = list(dict.fromkeys([*descent.final_quantities(network), "sharpness", *scalar]))
     P, S = len(points), len(seeds)
-    values = {n: np.full((P, S), np.nan) for n in names}
-    status = np.full((P, S), "", object)
-    t_final = np.full((P, S), np.nan)
+    options = [dataclasses.replace(pt.flow.options(), saves=2, spacing="linear", t_first=None) for pt in points]
+    end = gf_point([nets[p][s] for p in range(P) for s in seeds], prob, [o for o in options for _ in seeds], names)
+    out = {"gf_status": (("point", "seed"), end["status"].reshape(P, S).astype(str)),
+           "gf_t_final": (("point", "seed"), end["t_final"].reshape(P, S))}
+    out.update({f"gf_final_{n}": (("point", "seed"), end[n].reshape(P, S)) for n in names})
+    return out
+
+
+def _central_point(points, nets, prob, seeds, etas, steps) -> dict:
+    """The central flow from every initialization at every η, over GD's horizon steps·η,
+    under [flow]'s settings: GD's final sharpness and risk predicted without its steps
+    (theory.md §8). Only the end is kept, but the solve saves on [flow]'s grid: the same
+    program as `gflow run`'s central flows (one compilation per shape, every η and point)."""
+    network = nets[0][seeds[0]]
+    names = list(descent.final_quantities(network))
+    P, E, S = len(points), etas.size, len(seeds)
+    values = {n: np.full((P, E, S), np.nan) for n in [*names, "sharpness", "predicted_risk"]}
+    status = np.full((P, E, S), "", object)
     for p, pt in enumerate(points):
-        options = dataclasses.replace(pt.flow.options(), saves=2, spacing="linear", t_first=None)
-        for j, s in enumerate(seeds):
-            ds = flow.solve(nets[p][s], prob, options, names)
-            status[p, j] = ds.attrs["status"]
-            t_final[p, j] = ds.attrs["t_final"]
-            for n in names:
-                values[n][p, j] = float(ds[n].values[-1])
-    out = {"gf_status": (("point", "seed"), status.astype(str)), "gf_t_final": (("point", "seed"), t_final)}
-    out.update({f"gf_final_{n}": (("point", "seed"), v) for n, v in values.items()})
+        for i, eta in enumerate(etas):
+            options = dataclasses.replace(pt.flow.options(), dynamics="central", step_size=float(eta),
+                                          t_max=float(steps[i] * eta), t_first=None, clock="plain")
+            for j, s in enumerate(seeds):
+                ds = flow.solve(nets[p][s], prob, options, names)
+                status[p, i, j] = ds.attrs["status"]
+                for n in values:
+                    values[n][p, i, j] = float(ds["edge_sharpness" if n == "sharpness" else n].values[-1])
+    dims = ("point", "step_size", "seed")
+    out = {"central_status": (dims, status.astype(str))}
+    out.update({f"central_final_{n}": (dims, v) for n, v in values.items()})
     return out

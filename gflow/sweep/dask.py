@@ -7,6 +7,8 @@ Dask is optional (`pip install 'gflow[dask]'`): `distributed` is imported where 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Sequence
 
 import jax
@@ -76,7 +78,16 @@ def local_cluster(n_workers: int):
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, env=dict(WORKER_ENV)) as cluster, Client(cluster) as client:
-        yield client
+        pids = list(client.run(os.getpid).values())
+        try:
+            yield client
+        except KeyboardInterrupt:
+            # A worker inside a compiled computation would take the nanny's grace period
+            # (4 s) to stop: end them now, nothing of theirs is written.
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
 
 
 @contextlib.contextmanager

@@ -6,6 +6,13 @@ the SHA-256 of every finished chunk), `chunks/<id>.nc` (each finished chunk, wri
 atomically), `sweep.nc` (one Dataset, the swept parameters as coordinates), `runs.csv`
 (one row per GD run) and `figures/*.png`.
 
+In this process each chunk computes in a thread while the caller waits in short sleeps,
+so Ctrl-C (KeyboardInterrupt) stops a sweep within a fraction of a second, even inside a
+compiled computation: the chunks written so far are kept, the one in flight is dropped
+(it is only written once complete), and the next run resumes. `gflow sweep` then leaves
+with `os._exit` (see [`chunk_running`][]). On a local Dask cluster, Ctrl-C also ends the
+workers at once ([`gflow.sweep.dask.local_cluster`][]).
+
 While a sweep writes its folder it holds the folder's lock (`gflow.files.folder_lock`): a
 second sweep on the same folder is refused. A rerun of the same scenario (the same
 validated scenario and data files, whatever the file's layout) skips the chunks already
@@ -23,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import tomllib
 import warnings
 from collections.abc import Callable
@@ -139,10 +147,50 @@ def _compute(the_plan: Plan, store: _ChunkStore, *, progress, client, retries, o
     if client is None:
         for spec in todo:
             files.pause_point("sweep-chunk")
-            finished(spec, run_chunk(spec))
+            finished(spec, _interruptible(run_chunk, spec))
     else:
         _run_on_dask(client, todo, finished, retries, timeout)
     return computed, skipped
+
+
+_RUNNING: set[threading.Event] = set()
+"""One event per chunk computing in a thread of [`_interruptible`][], set when it ends."""
+
+
+def chunk_running() -> bool:
+    """Whether a chunk abandoned by an interrupt still computes in its thread (see
+    [`_interruptible`][]). A process should then leave with `os._exit` rather than by
+    interpreter shutdown, which kills the thread inside XLA and aborts the process."""
+    return any(not done.is_set() for done in list(_RUNNING))
+
+
+def _interruptible(fn, *args):
+    """`fn(*args)` in a daemon thread, the calling thread waiting in short sleeps, so that
+    Ctrl-C (KeyboardInterrupt, delivered to the main thread between Python bytecodes only)
+    stops the sweep at once while a compiled computation runs, instead of at its end.
+
+    On an interrupt the thread is abandoned: it only computes (the caller writes the
+    files), and as a daemon it does not hold the process at exit. Its exception, if any,
+    is raised here."""
+    out: dict = {}
+    done = threading.Event()
+
+    def target():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            out["error"] = e
+        finally:
+            done.set()
+            _RUNNING.discard(done)
+
+    _RUNNING.add(done)
+    threading.Thread(target=target, name="gflow-chunk", daemon=True).start()
+    while not done.wait(0.05):
+        pass
+    if "error" in out:
+        raise out.pop("error")
+    return out["value"]
 
 
 def _result(scenario, the_plan, store, computed, skipped) -> SweepResult:

@@ -1,7 +1,12 @@
 """The figures of a sweep, drawn from its combined Dataset: sharpness, distance to π* and
 divergence against the initialization scale and against the step size (the paper's
 figures, with the gradient-flow point and the seed-to-seed spread), the evolution along
-GD, and the generalization gap."""
+GD, and the generalization gap.
+
+A sweep of networks with an activation (GELU, theory.md §8) has no π* to be near and no
+known R_min: its figures show the final risk in place of the distance, draw 2La and 8LΛ
+as reference lines only, and keep every run that finished without diverging (as the
+authors plot "after training"), where a linear sweep keeps the converged runs."""
 
 from __future__ import annotations
 
@@ -27,13 +32,13 @@ def _quartiles(v: np.ndarray):
     return q[1], q[0], q[2]
 
 
-def _band(ax, x, values, color, label, marker="o"):
+def _band(ax, x, values, color, label, marker="o", ls="-"):
     """Median line with the interquartile band of `values` (x, seeds)."""
     med, lo, hi = _quartiles(np.asarray(values, np.float64))
     ok = np.isfinite(med)
     if not ok.any():
         return
-    ax.plot(np.asarray(x)[ok], med[ok], marker=marker, ms=4, color=color, label=label)
+    ax.plot(np.asarray(x)[ok], med[ok], marker=marker, ms=4, color=color, label=label, ls=ls)
     ax.fill_between(np.asarray(x)[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
 
 
@@ -57,8 +62,38 @@ def _facets(ds: xr.Dataset, dims: Sequence[str], limit: int = 12):
         yield suffix, label, ds.isel(sel)
 
 
-def _where(ds, var, status_var="status", ok="converged"):
-    return np.where(ds[status_var].values == ok, ds[var].values, np.nan)
+def _nonlinear(ds: xr.Dataset) -> bool:
+    """Whether the sweep's network has an activation (its GD runs end on ‖∇R‖²)."""
+    return "final_grad_norm_sq" in ds
+
+
+def _where(ds, var, status_var="status"):
+    """`var` where a run counts: converged; for a network with an activation, finished
+    without diverging (GD: converged, stalled or not converged; GF: converged or at t_max)."""
+    ok = ("converged",) if not _nonlinear(ds) else (
+        ("converged", "stalled", "not_converged") if status_var == "status" else ("converged", "reached_t_max"))
+    return np.where(np.isin(ds[status_var].values, ok), ds[var].values, np.nan)
+
+
+def _end_point(ds: xr.Dataset) -> tuple[str, str, str]:
+    """(GD variable, GF variable, label) of what the end of a run is compared by: ‖w − π*‖²,
+    or the risk for a network with an activation."""
+    if _nonlinear(ds):
+        return "final_risk", "gf_final_risk", "final risk R"
+    return "final_distance_to_pi_star", "gf_final_distance_to_pi_star", "final ‖w − π*‖²"
+
+
+def _end_values(ds: xr.Dataset, var: str) -> np.ndarray:
+    """The values of `var` as plotted on a log axis: ‖w − π*‖² (or R), floored at 1e-32."""
+    v = ds[var].values
+    return np.maximum(v if _nonlinear(ds) else v**2, 1e-32)
+
+
+def _reference_labels(ds: xr.Dataset) -> tuple[str, str]:
+    """Labels of the S_lower and 8LΛ lines (reference lines only with an activation)."""
+    if _nonlinear(ds):
+        return "2La (reference)", "8LΛ (reference)"
+    return "S_lower = 2La", "8LΛ"
 
 
 def sharpness_vs_init(ds: xr.Dataset, x: str):
@@ -70,12 +105,16 @@ def sharpness_vs_init(ds: xr.Dataset, x: str):
     for i, eta in enumerate(ds.step_size.values):
         s = sub.isel(step_size=i)
         _band(ax, xv, _where(s, "final_sharpness"), _color(i), f"after GD, η = {eta:g}")
+        if "central_final_sharpness" in ds:  # GD's final sharpness predicted by the central flow (theory.md §8)
+            _band(ax, xv, _where(s, "central_final_sharpness", "central_status"), _color(i),
+                  f"central flow, η = {eta:g}", marker="x", ls=":")
         ax.axhline(2 / eta, color=_color(i), ls="--", lw=0.8)
     _band(ax, xv, sub.initial_sharpness.values, "0.5", "at initialization", marker="s")
     if "gf_final_sharpness" in ds:
         _band(ax, xv, _where(sub, "gf_final_sharpness", "gf_status"), "k", "GF (η → 0)", marker="^")
-    ax.plot(xv, sub.S_lower.values, color="C3", lw=2, ls=":", label="S_lower = 2La")
-    ax.plot(xv, sub.S_reference_8LLam.values, color="C2", lw=1.5, ls="-.", label="8LΛ")
+    lower, upper = _reference_labels(ds)
+    ax.plot(xv, sub.S_lower.values, color="C3", lw=2, ls=":", label=lower)
+    ax.plot(xv, sub.S_reference_8LLam.values, color="C2", lw=1.5, ls="-.", label=upper)
     ax.set(yscale="log", xlabel=x, ylabel="sharpness S",
            title="Sharpness vs initialization (dashed: 2/η; median, quartile band)")
     ax.legend(fontsize=7)
@@ -83,15 +122,17 @@ def sharpness_vs_init(ds: xr.Dataset, x: str):
 
 
 def distance_vs_init(ds: xr.Dataset, x: str):
-    """Final ‖w − π*‖² (runs that did not diverge) against the init scale, per η and GF."""
+    """Final ‖w − π*‖² (the final risk with an activation) of the runs that did not
+    diverge against the init scale, per η and GF."""
     fig, (ax,) = plots.new_figure(width=6.5, height=4.5)
     xv = ds[x].values
     sub = ds.transpose(x, "step_size", "seed", ...)
+    gd_var, gf_var, label = _end_point(ds)
     for i, eta in enumerate(ds.step_size.values):
-        _band(ax, xv, np.maximum(sub.final_distance_to_pi_star.values[:, i] ** 2, 1e-32), _color(i), f"η = {eta:g}")
-    if "gf_final_distance_to_pi_star" in ds:
-        _band(ax, xv, np.maximum(sub.gf_final_distance_to_pi_star.values ** 2, 1e-32), "k", "GF (η → 0)", "^")
-    ax.set(yscale="log", xlabel=x, ylabel="final ‖w − π*‖²", title="Squared distance to π* (diverged runs left out)")
+        _band(ax, xv, _end_values(sub, gd_var)[:, i], _color(i), f"η = {eta:g}")
+    if gf_var in ds:
+        _band(ax, xv, _end_values(sub, gf_var), "k", "GF (η → 0)", "^")
+    ax.set(yscale="log", xlabel=x, ylabel=label, title=f"{label} (diverged runs left out)")
     ax.legend(fontsize=7)
     return fig
 
@@ -131,8 +172,9 @@ def step_size_figures(ds: xr.Dataset, grid: Sequence[str]) -> dict:
     etas = ds.step_size.values
     x0 = etas.min() / 3
     out = {}
+    gd_var, gf_var, end_label = _end_point(ds)
     specs = [("sharpness_vs_step_size", "final sharpness S"),
-             ("distance_vs_step_size", "final ‖w − π*‖²"),
+             ("distance_vs_step_size", end_label),
              ("divergence_vs_step_size", "fraction of runs that fail")]
     figs = {name: _one_axes() for name, _ in specs}
     lines = list(_lines(ds, grid))
@@ -143,11 +185,14 @@ def step_size_figures(ds: xr.Dataset, grid: Sequence[str]) -> dict:
         _band(ax, etas, _where(sub, "final_sharpness"), color, label)
         if "gf_final_sharpness" in sub:
             _gf_marker(ax, x0, _where(sub, "gf_final_sharpness", "gf_status"), color)
+        if "central_final_sharpness" in sub:  # predicted by the central flow (theory.md §8)
+            _band(ax, etas, _where(sub, "central_final_sharpness", "central_status"), color,
+                  f"{label}: central flow", marker="x", ls=":")
         ax.axhline(float(sub.S_lower), color=color, ls=":", lw=1)
         ax = figs["distance_vs_step_size"][1]
-        _band(ax, etas, np.maximum(sub.final_distance_to_pi_star.values ** 2, 1e-32), color, label)
-        if "gf_final_distance_to_pi_star" in sub:
-            _gf_marker(ax, x0, np.maximum(sub.gf_final_distance_to_pi_star.values ** 2, 1e-32), color)
+        _band(ax, etas, _end_values(sub, gd_var), color, label)
+        if gf_var in sub:
+            _gf_marker(ax, x0, _end_values(sub, gf_var), color)
         st = sub.status.values
         ran = st != ""
         fail = (ran & (st != "converged")).sum(-1) / np.maximum(ran.sum(-1), 1)
@@ -165,8 +210,8 @@ def step_size_figures(ds: xr.Dataset, grid: Sequence[str]) -> dict:
             ax.set_yscale("log")
         else:
             ax.set_ylim(-0.05, 1.05)
-        ax.set_title({"sharpness_vs_step_size": "Final sharpness (dotted: S_lower; dashed: 2/η)",
-                      "distance_vs_step_size": "Distance to π* (dotted: 1/(aL))",
+        ax.set_title({"sharpness_vs_step_size": f"Final sharpness (dotted: {_reference_labels(ds)[0]}; dashed: 2/η)",
+                      "distance_vs_step_size": f"{end_label} (dotted: 1/(aL))",
                       "divergence_vs_step_size": "GD failures (dotted: 1/(aL))"}[name])
         ax.legend(fontsize=7)
         out[name] = fig
@@ -176,7 +221,7 @@ def step_size_figures(ds: xr.Dataset, grid: Sequence[str]) -> dict:
 def evolution(ds: xr.Dataset):
     """Distance to π* and sharpness (those recorded) against GD steps, per η: median
     and quartile band over seeds, with 2/η and S_lower."""
-    names = [n for n in ("distance_to_pi_star", "sharpness", "excess_risk") if n in ds and "record" in ds[n].dims]
+    names = [n for n in ("distance_to_pi_star", "sharpness", "excess_risk", "risk") if n in ds and "record" in ds[n].dims]
     fig, axes = plots.new_figure(len(names), width=5, height=4)
     for ax, name in zip(axes, names):
         for i, eta in enumerate(ds.step_size.values):
@@ -185,7 +230,7 @@ def evolution(ds: xr.Dataset):
             if name == "sharpness":
                 ax.axhline(2 / eta, color=_color(i), ls="--", lw=0.8)
         if name == "sharpness":
-            ax.axhline(float(ds.S_lower), color="C3", ls=":", lw=1.5, label="S_lower = 2La")
+            ax.axhline(float(ds.S_lower), color="C3", ls=":", lw=1.5, label=_reference_labels(ds)[0])
             if "gf_final_sharpness" in ds:
                 ax.axhline(float(np.nanmedian(ds.gf_final_sharpness.values)), color="k", ls="-.",
                            lw=1, label="GF, final")
@@ -230,7 +275,7 @@ def figures(ds: xr.Dataset) -> dict:
             out[f"distance_vs_{x}{suffix}"] = distance_vs_init(sub, x)
             out[f"divergence_vs_{x}{suffix}"] = divergence_vs_init(sub, x)
     out.update(step_size_figures(ds, dims))
-    evolving = [n for n in ("distance_to_pi_star", "sharpness", "excess_risk") if n in ds and "record" in ds[n].dims]
+    evolving = [n for n in ("distance_to_pi_star", "sharpness", "excess_risk", "risk") if n in ds and "record" in ds[n].dims]
     if evolving and ds.sizes["record"] > 2:
         for suffix, _, sub in _facets(ds, init + others, limit=4):
             out[f"evolution{suffix}"] = evolution(sub)

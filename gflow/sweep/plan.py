@@ -109,6 +109,9 @@ def plan(scenario: scen.Scenario, chunk_runs: int = CHUNK_RUNS) -> Plan:
                 f"{where}: sweep.{key}: cannot be swept ([descent] is shared by the grid; "
                 "step sizes are already an axis, repetitions are descent.seeds/reps)"
             )
+        if key == "model.activation":
+            raise ScenarioError(f"{where}: sweep.{key}: sweep one activation at a time (networks with and "
+                                "without an activation record different quantities)")
         if not values:
             raise ScenarioError(f"{where}: sweep.{key}: give at least one value")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):

@@ -208,8 +208,11 @@ def assumption_a2(model: DeepLinear, problem: Problem) -> tuple[bool, dict]:
 def initial_constants(model: DeepLinear, problem: Problem) -> dict[str, float]:
     """What a trajectory records of its problem and initialization, so that its checks,
     summary and figures need neither the data nor the network again: ‖p‖, S_balanced, and
-    (A2)'s numbers at t = 0 (see [`assumption_a2`][])."""
+    (A2)'s numbers at t = 0 (see [`assumption_a2`][]); ‖p‖ alone for a network with an
+    activation (the others are statements about linear networks)."""
     p_norm = float(np.linalg.norm(np.asarray(model.p)))
+    if not model.is_linear:
+        return dict(p_norm=p_norm)
     _, a2 = assumption_a2(model, problem)
     return dict(p_norm=p_norm, S_balanced=balanced_sharpness(problem, model.depth, p_norm),
                 **{f"a2_{k}": v for k, v in a2.items()})

@@ -30,6 +30,8 @@ class RunContext:
     - `ds`, `problem`: the trajectory and the data (None: constants from `attrs` only).
     - `initial`, `final`: the stored networks W(0) and W_final.
     - `depth`, `p_norm`: L and ‖p‖.
+    - `is_linear`, `activation`: whether the network computes a linear map (the statements of
+      §2–§5 are about those), and its activation ("linear", "gelu", "gelu_exact").
     - `bounds`: [`bounds_from_dataset`][]: S_lower, S_balanced, S_upper, … of this run.
     - `times`, `t_end`: save times and the final time (`attrs["t_final"]`, else the last save).
     - `status`, `converged`: the solver's status, and whether it is "converged".
@@ -50,6 +52,8 @@ class RunContext:
     final: DeepLinear
     depth: int
     p_norm: float
+    is_linear: bool
+    activation: str
     bounds: dict[str, float]
     times: np.ndarray
     t_end: float
@@ -91,6 +95,8 @@ class RunContext:
             final=final,
             depth=initial.depth,
             p_norm=float(np.linalg.norm(np.asarray(initial.p))),
+            is_linear=initial.is_linear,
+            activation=initial.activation,
             bounds=closed_forms.bounds_from_dataset(ds),
             times=times,
             t_end=float(attrs.get("t_final", times[-1])),
@@ -112,6 +118,11 @@ class RunContext:
     @property
     def attrs(self) -> dict:
         return self.ds.attrs
+
+    def linear_only(self, why: str) -> str:
+        """The note of a statement about linear networks held against a network with an
+        activation: what the network has, and `why` the statement does not concern it."""
+        return f"the network has {self.activation} activations: {why}"
 
     @property
     def interval_steps(self) -> np.ndarray:

@@ -1,12 +1,15 @@
 """The Hessian of R at one network: its extreme eigenvalues, and its split at a minimizer.
 
-With w(W) the end-to-end regressor and g = 2Σ̂(w − π*), the risk's Hessian is exactly
+The risk is a quadratic ℓ of "features" F(W): R = ℓ(F(W)) with ∇²ℓ = 2M ([`risk_features`][]).
+For a linear network F is the end-to-end regressor w and M = Σ̂; for one with an activation
+F = f(X), the outputs on the training set, and M = I/n. With g = ∇ℓ(F) the Hessian is exactly
 
-    ∇²R(W) = 2JᵀΣ̂J + B,    J = ∂w/∂W,   B = ∇²_W⟨g, w(W)⟩   (g held fixed),
+    ∇²R(W) = 2JᵀMJ + B,    J = ∂F/∂W,   B = ∇²_W⟨g, F(W)⟩   (g held fixed),
 
-so at a global minimizer (g = 0) it is 2JᵀΣ̂J: positive semidefinite, with the same nonzero
-eigenvalues as the d × d matrix 2Σ̂^{1/2}JJᵀΣ̂^{1/2} (theory.md §8). [`final_curvature`][]
-computes the three pieces independently, so that the checks can compare them.
+so where g = 0 (a global minimizer of a linear network; a point that fits the data) it is
+2JᵀMJ: positive semidefinite, with the same nonzero eigenvalues as the small matrix
+2M^{1/2}JJᵀM^{1/2} (theory.md §8, §10). [`final_curvature`][] computes the three pieces
+independently, so that the checks can compare them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import linalg
 from .. import observables as obs
-from ..models import DeepLinear, end_to_end, trainable
+from ..models import DeepLinear, end_to_end, outputs, trainable
 from ..problem import Problem
 
 DENSE_UP_TO = 400
@@ -39,7 +42,7 @@ class Curvature(NamedTuple):
     """The Hessian of R at one network.
 
     - `sharpness`, `min_eigenvalue`: largest and smallest eigenvalue of ∇²R.
-    - `gauss_newton_top`: largest eigenvalue of 2JᵀΣ̂J (through the d × d form).
+    - `gauss_newton_top`: largest eigenvalue of 2JᵀMJ (through the small form).
     - `residual_norm`: ‖B‖_2 (an upper estimate when `dense` is False).
     - `hessian_norm`: max |eigenvalue| of ∇²R, the scale of its round-off.
     - `n_params`, `dense`: P, and whether the eigenvalues are exact (dense) or Lanczos.
@@ -66,14 +69,22 @@ def sharpness(model: DeepLinear, problem: Problem, dense_up_to: int = DENSE_UP_T
 
 
 def final_curvature(model: DeepLinear, problem: Problem, dense_up_to: int = DENSE_UP_TO) -> Curvature:
-    """∇²R at `model`: its extreme eigenvalues, 2JᵀΣ̂J's top eigenvalue and ‖B‖_2, each
-    computed on its own (B by differentiating ⟨g, w(W)⟩ twice, not as a difference)."""
+    """∇²R at `model`: its extreme eigenvalues, 2JᵀMJ's top eigenvalue and ‖B‖_2, each
+    computed on its own (B by differentiating ⟨g, F(W)⟩ twice, not as a difference)."""
     P = n_trainable(model)
     dense = P <= dense_up_to
     lo, hi = (float(v) for v in _extremes(model, problem, dense))
     b_lo, b_hi = (float(v) for v in _residual_extremes(model, problem, dense))
     b_norm = max(abs(b_lo), abs(b_hi)) * (1.0 if dense else LANCZOS_NORM_SAFETY)
     return Curvature(hi, lo, _gauss_newton_top(model, problem), b_norm, max(abs(lo), abs(hi)), P, dense)
+
+
+def risk_features(model: DeepLinear, problem: Problem):
+    """(F, ℓ, M) with R(W) = ℓ(F(W)) and ∇²ℓ = 2M: (w, R_min + (w − π*)ᵀΣ̂(w − π*), Σ̂) for a
+    linear network, (f(X), (1/n)‖y − f‖², I/n) for one with an activation."""
+    if model.is_linear:
+        return end_to_end, problem.risk, problem.sigma
+    return (lambda m: outputs(m, problem.X)), (lambda f: jnp.mean((problem.y - f) ** 2)), jnp.eye(problem.n) / problem.n
 
 
 def _flat(model: DeepLinear):
@@ -101,22 +112,24 @@ def _extremes(model, problem, dense: bool):
 
 @eqx.filter_jit
 def _residual_extremes(model, problem, dense: bool):
-    """(smallest, largest) eigenvalue of B = ∇²⟨g, w(W)⟩ with g = 2Σ̂(w − π*) fixed."""
+    """(smallest, largest) eigenvalue of B = ∇²⟨g, F(W)⟩ with g = ∇ℓ(F) fixed."""
     x, network = _flat(model)
-    g = jax.lax.stop_gradient(problem.risk_gradient(end_to_end(model)))
-    return _ends(lambda z: g @ end_to_end(network(z)), x, dense)
+    features, loss, _ = risk_features(model, problem)
+    g = jax.lax.stop_gradient(jax.grad(loss)(features(model)))
+    return _ends(lambda z: g @ features(network(z)), x, dense)
 
 
 @eqx.filter_jit
-def _jacobian(model):
+def _jacobian(model, problem):
     x, network = _flat(model)
-    return jax.jacfwd(lambda z: end_to_end(network(z)))(x)
+    features = risk_features(model, problem)[0]
+    return jax.jacfwd(lambda z: features(network(z)))(x)
 
 
 def _gauss_newton_top(model: DeepLinear, problem: Problem) -> float:
-    """λ_max(2JᵀΣ̂J) = λ_max(2Σ̂^{1/2}JJᵀΣ̂^{1/2}): a d × d problem whatever P is."""
-    J = np.asarray(_jacobian(model))
-    eig, V = np.linalg.eigh(np.asarray(problem.sigma))
+    """λ_max(2JᵀMJ) = λ_max(2M^{1/2}JJᵀM^{1/2}): a d × d (or n × n) problem whatever P is."""
+    J = np.asarray(_jacobian(model, problem))
+    eig, V = np.linalg.eigh(np.asarray(risk_features(model, problem)[2]))
     root = (V * np.sqrt(np.clip(eig, 0.0, None))) @ V.T
     M = root @ (J @ J.T) @ root
     return float(2.0 * np.linalg.eigvalsh((M + M.T) / 2)[-1])

@@ -1,5 +1,6 @@
 """Gradient-descent runs held against theory.md §2–§3: linear stability S ≤ 2/η at the
-runs that converge, S ≥ S_lower, and no convergence above η_crit."""
+runs that converge, S ≥ S_lower, and no convergence above η_crit. The last two concern
+linear networks: for a network with an activation they say "not applicable"."""
 
 from __future__ import annotations
 
@@ -13,18 +14,16 @@ from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 from .closed_forms import bounds
 from .flow_checks import pl_pointwise
 from .tolerances import GD_RTOL, gd_balance_tolerance
-from .verdict import Check, judge, judge_worst, missing
+from .verdict import Check, judge, judge_worst, missing, not_applicable
+
+_LINEAR_ONLY = ("the network has {} activations: S_lower bounds the minimizers of linear networks; "
+                "2La and η_crit = 2/S_lower are reference values only (theory.md §10)")
 
 
 def check_descent(ds: xr.Dataset, problem: Problem | None = None) -> list[Check]:
     """Checks for a GD Dataset: per-run `final_sharpness`, `step_size`, `status` when present
     (any shape; they are broadcast together), else a single run described by attrs."""
-    attrs = ds.attrs
     out = []
-    L = int(attrs["depth"])
-    p_norm = float(np.linalg.norm(ds["p"].values)) if "p" in ds else 1.0
-    b = bounds(attrs, L, p_norm)
-    full_rank = is_full_rank(attrs["lam"], attrs["Lam"])
     if "pl_ratio" in ds and "time" in ds.dims:
         out.append(pl_pointwise(ds, ds.time.values))
     if BALANCE_RESIDUAL in ds:
@@ -43,20 +42,36 @@ def check_descent(ds: xr.Dataset, problem: Problem | None = None) -> list[Check]
                          upper=True, tolerance=GD_RTOL * 2.0 / eta[j],
                          note=f"worst run: η = {eta[j]:.4g}, S·η/2 = {r[j]:.4g}; tolerance 2% (finite-step "
                          f"convergence and an iterative sharpness estimate); {int(conv.sum())} converged runs"))
-        rr = np.where(conv, S / b["S_lower"], np.inf)
-        j = int(np.argmin(rr))
-        out.append(judge("sharpness_lower_bound", "S(W_final) ≥ S_lower = 2cLa for every converged GD run",
-                         "Theorem (sharpness of minimizers), theory.md §2", S[j], b["S_lower"], upper=False,
-                         tolerance=GD_RTOL * b["S_lower"], assumptions=full_rank,
-                         note=f"worst run: η = {eta[j]:.4g}, S/S_lower = {rr[j]:.4g}; tolerance 2% (an iterative sharpness estimate "
-                         "underestimates; runs stop near, not at, a minimizer)"))
     elif S is None:
         out.append(missing("gd_stability", "S(W_final) ≤ 2/η for GD runs that converge", src, "final_sharpness"))
+    return out + _linear_bounds(ds, eta, S, conv)
+
+
+def _linear_bounds(ds: xr.Dataset, eta, S, conv) -> list[Check]:
+    """S_final ≥ S_lower at the converged runs and no convergence above η_crit: statements
+    about linear networks ("not applicable" for a network with an activation)."""
+    attrs = ds.attrs
+    p_norm = float(np.linalg.norm(ds["p"].values)) if "p" in ds else 1.0
+    b = bounds(attrs, int(attrs["depth"]), p_norm)
+    full_rank = is_full_rank(attrs["lam"], attrs["Lam"])
+    lower = ("sharpness_lower_bound", "S(W_final) ≥ S_lower = 2cLa for every converged GD run",
+             "Theorem (sharpness of minimizers), theory.md §2")
+    crit = ("gd_fails_above_eta_crit", f"GD with η > η_crit = 2/S_lower = {b['eta_crit']:.4g} does not converge",
+            "Damian, Nichani & Lee reading, theory.md §3 (S_min ≥ S_lower)")
+    activation = attrs.get("activation", "linear")
+    if activation != "linear":
+        why = _LINEAR_ONLY.format(activation)
+        return [not_applicable(*lower, why), not_applicable(*crit, why)]
+    out = []
+    if S is not None and conv.any():
+        rr = np.where(conv, S / b["S_lower"], np.inf)
+        j = int(np.argmin(rr))
+        out.append(judge(*lower, S[j], b["S_lower"], upper=False, tolerance=GD_RTOL * b["S_lower"], assumptions=full_rank,
+                         note=f"worst run: η = {eta[j]:.4g}, S/S_lower = {rr[j]:.4g}; tolerance 2% (an iterative sharpness estimate "
+                         "underestimates; runs stop near, not at, a minimizer)"))
     above = eta > b["eta_crit"]
     bad = above & conv
-    out.append(Check("gd_fails_above_eta_crit", f"GD with η > η_crit = 2/S_lower = {b['eta_crit']:.4g} does not converge",
-                     "Damian, Nichani & Lee reading, theory.md §3 (S_min ≥ S_lower)",
-                     ("violated" if bad.any() else "holds") if full_rank else "assumption not met",
+    out.append(Check(*crit, ("violated" if bad.any() else "holds") if full_rank else "assumption not met",
                      observed=float(eta[bad].min()) if bad.any() else (float(eta[above].min()) if above.any() else None),
                      bound=b["eta_crit"],
                      note=f"{int(above.sum())} runs above η_crit, {int(bad.sum())} of them converged"))

@@ -16,6 +16,7 @@ from ..solver import ENERGY
 from .closed_forms import norm_sharpness_bound, slides_norm_sharpness_bound
 from .context import RunContext
 from .curvature_checks import curvature_checks
+from .dynamics_checks import finite_step_checks
 from .residual_checks import residual_checks
 from .small_scale_checks import small_scale_checks
 from .tolerances import (
@@ -28,9 +29,10 @@ from .tolerances import (
     risk_increase_tolerance,
     sharpness_rtol,
 )
-from .verdict import Check, judge, judge_worst, missing
+from .verdict import Check, judge, judge_worst, missing, not_applicable
 
 _CLASSICAL = "energy identity dR/dt = −‖∇R‖², theory.md §6 (classical)"
+_PL_WHY = "the bound needs R_min and the product pᵀW_L⋯W_2 of a linear network (theory.md §4)"
 
 
 def check_flow(ctx: RunContext) -> list[Check]:
@@ -41,13 +43,13 @@ def check_flow(ctx: RunContext) -> list[Check]:
     out.append(final_consistency(ctx))
     out.append(monotone_risk(ctx))
     out.append(energy_identity(ctx))
-    out.append(pl_pointwise(ctx.ds, ctx.times))
+    out.append(pl_pointwise(ctx.ds, ctx.times, None if ctx.is_linear else ctx.linear_only(_PL_WHY)))
     out.extend(small_scale_checks(ctx))
     out.extend(final_sharpness_checks(ctx))
     out.extend(curvature_checks(ctx))
     if isinstance(ctx.initial, Residual):
         out.extend(residual_checks(ctx))
-    return out
+    return finite_step_checks(ctx, out)
 
 
 def _interval_where(ctx: RunContext, label: str):
@@ -67,6 +69,9 @@ def conservation(ctx: RunContext) -> list[Check]:
         return []
     src = "conservation law of GF, theory.md §4 (exact along GF, any init)"
     stmt = "‖D_k(t) − D_k(0)‖_F = 0 for D_k = W_{k+1}ᵀW_{k+1} − W_kW_kᵀ, up to the solver's accepted local errors"
+    if not ctx.is_linear:
+        why = ctx.linear_only("GELU is not homogeneous, so there is no conservation law (theory.md §10)")
+        return [not_applicable(n, stmt, src, why) for n in ("conservation", "conservation_final_weights")]
     ok, why = ctx.has_steps, "" if ctx.has_steps else "solver settings missing from attrs"
     budget = (f"budget {SAFETY:g}·n(2‖W‖δ + δ²) per interval of n steps, δ = √(P+1)(atol + rtol·M) = "
               f"{ctx.delta:.3g}, ‖W‖ ≤ {ctx.weight_max:.3g}")
@@ -88,10 +93,13 @@ def conservation(ctx: RunContext) -> list[Check]:
 
 
 def final_consistency(ctx: RunContext) -> Check:
-    """The stored final weights reproduce the recorded final excess risk."""
+    """The stored final weights reproduce the recorded final excess risk (the final risk for
+    a network with an activation)."""
     ds, problem = ctx.ds, ctx.problem
     name = "final_weights_consistent"
     src = "consistency of the stored trajectory (w(W_final) is the recorded end point)"
+    if not ctx.is_linear:
+        return _final_risk_consistency(ctx, name)
     w = np.asarray(end_to_end(ctx.final))
     pi = ds.pi_star.values
     lam = float(ds.attrs["lam"])
@@ -112,6 +120,19 @@ def final_consistency(ctx: RunContext) -> Check:
     return missing(name, "stored final weights reproduce the recorded final excess risk", src, "excess_risk")
 
 
+def _final_risk_consistency(ctx: RunContext, name: str) -> Check:
+    """R(W_final) recomputed from the stored weights and the data equals the recorded final risk."""
+    stmt = "R(W_final) recomputed from the stored weights equals the recorded final risk"
+    src = "consistency of the stored trajectory (W_final is the recorded end point)"
+    if ctx.problem is None or "risk" not in ctx.ds:
+        return missing(name, stmt, src, "risk, and the data (pass the Problem)")
+    rec = float(ctx.ds.risk.values[-1])
+    val = float(obs.risk_of(ctx.final, ctx.problem))
+    return judge(name, stmt, src, abs(val - rec), 0.0, upper=True, time=ctx.t_end,
+                 tolerance=excess_risk_tolerance(rec, val, float(ctx.problem.Lam), float(ctx.attrs["pi_star_norm"]) ** 2),
+                 note=f"recomputed {val:.3g}, recorded {rec:.3g}; tolerance 1e-8 relative (both are the same formula)")
+
+
 def _risk_series(ds) -> np.ndarray | None:
     """The recorded excess risk (free of cancellation), else the risk, else None."""
     if "excess_risk" in ds:
@@ -127,7 +148,8 @@ def monotone_risk(ctx: RunContext) -> Check:
     series = _risk_series(ds)
     if series is None or ctx.grad_max is None:
         return missing("monotone_risk", stmt, _CLASSICAL, "risk or excess_risk, and grad_norm_sq (the tolerance's scale)")
-    scale = np.abs(series[1:]) + (0.0 if "excess_risk" in ds else float(ctx.attrs.get("R_min", 0.0)))
+    formed_from_r_min = ctx.is_linear and "excess_risk" not in ds  # R = R_min + excess risk
+    scale = np.abs(series[1:]) + (float(ctx.attrs.get("R_min", 0.0)) if formed_from_r_min else 0.0)
     tol = risk_increase_tolerance(ctx.interval_steps, ctx.grad_max, ctx.delta, scale)
     return judge_worst("monotone_risk", stmt, _CLASSICAL, np.diff(series), 0.0, tol, upper=True, times=ctx.times[1:],
                        assumptions=ctx.has_steps, where=_interval_where(ctx, ""),
@@ -155,11 +177,14 @@ def energy_identity(ctx: RunContext) -> Check:
                        f"{SAFETY:g}·n(max‖∇R‖·δ + ½S·δ² + δ_E) after n steps (R + E is conserved by the exact flow)")
 
 
-def pl_pointwise(ds, times) -> Check:
-    """‖∇R‖²/(R − R_min) ≥ 4λ‖pᵀW_L⋯W_2‖² at every save (GF and GD trajectories alike)."""
+def pl_pointwise(ds, times, not_for: str | None = None) -> Check:
+    """‖∇R‖²/(R − R_min) ≥ 4λ‖pᵀW_L⋯W_2‖² at every save (GF and GD trajectories alike);
+    "not applicable" with the note `not_for` when given (a network with an activation)."""
     name = "pl_pointwise"
     src = "PL inequality behind the Lemma, theory.md §4 (holds at every W, any init)"
     stmt = "‖∇R‖²/(R − R_min) ≥ 4λ‖pᵀW_L⋯W_2‖² at every save"
+    if not_for is not None:
+        return not_applicable(name, stmt, src, not_for)
     if "pl_ratio" not in ds or "pl_lower_bound" not in ds:
         return missing(name, stmt, src, "pl_ratio and pl_lower_bound")
     r, lb = ds.pl_ratio.values, ds.pl_lower_bound.values
@@ -177,6 +202,11 @@ def final_sharpness_checks(ctx: RunContext) -> list[Check]:
     """S(W_final) against S_lower and, at a converged run, against the norm bound (§2)."""
     attrs, b = ctx.attrs, ctx.bounds
     src = "Theorem (sharpness of minimizers), theory.md §2"
+    if not ctx.is_linear:
+        why = ctx.linear_only("S_lower and the norm bound concern the minimizers of linear networks; "
+                              "2La is a reference line only (theory.md §10)")
+        return [not_applicable(n, "S(W_final) ≥ S_lower = 2cLa, and the norm bound (every global minimizer)", src, why)
+                for n in ("sharpness_lower_bound", "sharpness_norm_bound")]
     S_fin, how = ctx.final_sharpness
     excess = float(ctx.ds.excess_risk.values[-1]) if "excess_risk" in ctx.ds else math.nan
     dist = math.sqrt(max(excess, 0.0) / float(attrs["lam"])) if ctx.full_rank and np.isfinite(excess) else math.inf

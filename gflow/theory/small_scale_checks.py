@@ -16,7 +16,7 @@ from ..observables import balance_drift
 from .closed_forms import assumption_a2, smallness
 from .context import RunContext
 from .tolerances import conservation_tolerance, distance_to_limit, lemma_tolerance, roundoff, sharpness_rtol
-from .verdict import Check, judge, judge_worst, missing
+from .verdict import Check, judge, judge_worst, missing, not_applicable
 
 _LEMMA = "Lemma (small-scale invariants), theory.md §4"
 _COROLLARY = "Corollary (small-scale initialization), theory.md §4"
@@ -24,9 +24,10 @@ _COROLLARY = "Corollary (small-scale initialization), theory.md §4"
 
 def small_scale_checks(ctx: RunContext) -> list[Check]:
     """(A2), the Lemma's invariants (i)–(iii) at every save, then the corollary."""
-    if not _is_mlp(ctx):
-        note = "not an MLP with p = 1 (the small-scale setting of §4)"
-        return [Check(name, "small-scale statement of §4", _LEMMA, "not applicable", note=note)
+    if not ctx.is_linear or not _is_mlp(ctx):
+        note = ("not an MLP with p = 1 (the small-scale setting of §4)" if ctx.is_linear
+                else ctx.linear_only("the Lemma and the corollary concern deep linear networks (theory.md §4)"))
+        return [not_applicable(name, "small-scale statement of §4", _LEMMA, note)
                 for name in ("lemma_rank_one", "lemma_balanced_norms", "lemma_alignment", "corollary_converges")]
     a2 = a2_check(ctx)
     return [a2, *lemma_checks(ctx), *corollary_checks(ctx, a2.verdict == "holds")]

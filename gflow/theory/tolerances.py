@@ -145,7 +145,8 @@ def distance_to_limit(excess: float, pl_constant: float) -> float:
 def hessian_tolerance(residual_norm: float, n_params: int, hessian_norm: float) -> float:
     """‖B‖_2 + round-off: at a point where w(W) is within reach of π*, ∇²R = 2JᵀΣ̂J + B with
     B = ∇²⟨g, w(W)⟩ (g = 2Σ̂(w − π*)), so by Weyl's inequality every eigenvalue of ∇²R is
-    within ‖B‖_2 of one of 2JᵀΣ̂J ⪰ 0; round-off of a dense P × P eigenproblem is about
+    within ‖B‖_2 of one of 2JᵀΣ̂J ⪰ 0 (2JᵀJ/n + B with the outputs f(X) for a network with
+    an activation: `theory.curvature`); round-off of a dense P × P eigenproblem is about
     P·ε_mach‖∇²R‖."""
     return residual_norm + 10.0 * n_params * EPS64 * hessian_norm
 

@@ -103,6 +103,11 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def not_applicable(name, statement, source, why) -> Check:
+    """A Check whose statement does not concern this run, and `why`."""
+    return Check(name, statement, source, "not applicable", note=why)
+
+
 def missing(name, statement, source, what) -> Check:
     """A Check that could not be made: `what` the trajectory does not record."""
     return Check(name, statement, source, "assumption not met", note=f"not recorded: {what}")
