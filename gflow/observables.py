@@ -354,13 +354,29 @@ def _padded(values):
     return jnp.concatenate([values, jnp.full(TOP_EIGENVALUES - values.shape[0], jnp.nan)])
 
 
+UNROLL_DEPTH = 16
+"""Up to this depth, the Hessian products of a linear network run through the layers in
+straight-line code (`row_product(unroll=True)`) rather than a `lax.scan`: 2–3× faster
+products at the paper's size, for a little more compile time."""
+
+
+def hessian_risk(model: DeepLinear, problem: Problem):
+    """[`flat_risk`][], with the layer loop written out for a linear network of depth ≤
+    `UNROLL_DEPTH` (the same function; faster Hessian-vector products)."""
+    if not (model.is_linear and model.depth <= UNROLL_DEPTH):
+        return flat_risk(model, problem)
+    params, static = eqx.partition(model, trainable(model))
+    flat, unravel = ravel_pytree(params)
+    return (lambda x: problem.risk(end_to_end(eqx.combine(unravel(x), static), unroll=True))), flat
+
+
 def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> linalg.Eigenpairs:
     """The k largest algebraic eigenpairs of ∇²R at `model` (flat trainable parameters),
     by [`linalg.lanczos_top`][] on Hessian-vector products: from fixed pseudo-random vectors
     (deterministic), or warm from `previous`, the eigenvectors (rows) at a nearby point
     such as the previous save (rows of NaN: none yet). Converged to
     `linalg.LANCZOS_TOL`, or after 40 + 20k products."""
-    f, x = flat_risk(model, problem)
+    f, x = hessian_risk(model, problem)
     _, lin = jax.linearize(jax.grad(f), x)  # one linearization, reused by every product
     if previous is None:
         previous = jnp.full((k, x.size), jnp.nan, x.dtype)
@@ -371,10 +387,10 @@ def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> l
 
 
 class Continued(eqx.Module):
-    """An observable that, along a solve, starts from what it found at the previous save
-    (an eigensolver from the last eigenvectors). `init(model, problem)` is the carry
-    before the first save; `step(model, problem, carry)` returns (value, next carry). Its
-    value must not depend on the carry beyond round-off and the observable's tolerance:
+    """How a registered observable continues, along a solve, from what it found at the
+    previous save (an eigensolver from the last eigenvectors): `init(model, problem)` is
+    the carry before the first save, `step(model, problem, carry)` returns (value, next
+    carry). The value must not depend on the carry beyond the observable's own tolerance:
     the carry saves work only."""
 
     observable: Observable
@@ -389,55 +405,74 @@ WEIGHTS = "_weights"
 """Where a solve saves the trainable leaves for [`along`][] (not an observable)."""
 
 
+def continues(name: str, init: Callable):
+    """Decorator adding `step(model, problem, carry) -> (value, carry)` to `CONTINUED` as
+    the continued form of the registered observable `name` (see [`Continued`][])."""
+
+    def decorator(step: Callable) -> Callable:
+        CONTINUED[name] = Continued(REGISTRY[name], init, step)
+        return step
+
+    return decorator
+
+
 def continued(observables: Sequence[Observable]) -> tuple[tuple[Observable, ...], tuple[Observable, ...]]:
     """(the observables evaluated at each save on its own, those continued from the
-    previous save): an observable is continued when `CONTINUED` has its very object
-    (re-registering a name with [`register`][] makes it an ordinary one again)."""
-    warm = [o for o in observables if o.name in CONTINUED and CONTINUED[o.name].observable is o]
-    return tuple(o for o in observables if all(o is not w for w in warm)), tuple(warm)
+    previous save): an observable is continued when `CONTINUED` has it under its name with
+    the same function (re-registering a name with [`register`][] makes it an ordinary one
+    again). Functions, not objects, are compared: `jit` rebuilds the modules it is given."""
+
+    def warm(o):
+        return o.name in CONTINUED and CONTINUED[o.name].observable.fn is o.fn
+
+    return tuple(o for o in observables if not warm(o)), tuple(o for o in observables if warm(o))
 
 
 def along(observables: Sequence[Observable], weights, static, problem: Problem) -> dict:
-    """The `observables` (continued ones, see `CONTINUED`) at each saved state, in order:
-    `weights` holds the trainable leaves with a leading axis of saves in time order, the
-    network's other leaves are in `static`. A `lax.scan` carries each observable's state
-    from one save to the next; a save with non-finite weights (Diffrax fills the slots
-    after the end of a solve with inf) gets NaN and passes the carry on unchanged."""
-    warm = [CONTINUED[o.name] for o in observables]
+    """The continued `observables` (see `CONTINUED`) at each saved state, by name: `weights`
+    holds the trainable leaves with a leading axis of saves in time order, the network's
+    other leaves are in `static`. A `lax.scan` carries each observable's state from one save
+    to the next; a save with non-finite weights (Diffrax fills the slots after the end of a
+    solve with inf) gets NaN and passes the carry on unchanged."""
+    forms = [CONTINUED[o.name] for o in observables]
     first = eqx.combine(jax.tree.map(lambda w: w[0], weights), static)
-    carry0 = tuple(c.init(first, problem) for c in warm)
 
     def compute(params, carry):
         model = eqx.combine(params, static)
-        out = [c.step(model, problem, s) for c, s in zip(warm, carry)]
+        out = [c.step(model, problem, s) for c, s in zip(forms, carry)]
         return tuple(jnp.asarray(v, jnp.float64) for v, _ in out), tuple(s for _, s in out)
 
     def step(carry, params):
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(params)]))
         shapes = jax.eval_shape(compute, params, carry)[0]
-        skip = lambda params, carry: (tuple(jnp.full(v.shape, jnp.nan, v.dtype) for v in shapes), carry)
+
+        def skip(params, carry):
+            return tuple(jnp.full(v.shape, jnp.nan, v.dtype) for v in shapes), carry
+
         values, carry = jax.lax.cond(finite, compute, skip, params, carry)
         return carry, values
 
-    _, values = jax.lax.scan(step, carry0, weights)
+    _, values = jax.lax.scan(step, tuple(c.init(first, problem) for c in forms), weights)
     return {o.name: v for o, v in zip(observables, values)}
 
 
-def _continue_top(k_of):
+def _no_eigenvectors(k: Callable):
+    """The carry of a Hessian eigensolver before the first save: k(model) rows of NaN."""
+
     def init(model, problem):
         size = sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
-        return jnp.full((k_of(model), size), jnp.nan)
+        return jnp.full((k(model), size), jnp.nan)
 
-    def step(model, problem, previous):
-        pairs = hessian_top(model, problem, previous.shape[0], previous)
-        return pairs.values, pairs.vectors
-
-    return init, step
+    return init
 
 
-def _continue(name, init, step, finish=lambda v: v):
-    CONTINUED[name] = Continued(REGISTRY[name], init, lambda m, p, c: (lambda v, c: (finish(v), c))(*step(m, p, c)))
+@continues("sharpness", _no_eigenvectors(lambda model: 1))
+def _sharpness_from(model, problem, previous):
+    pairs = hessian_top(model, problem, 1, previous)
+    return pairs.values[0], pairs.vectors
 
 
-_continue("sharpness", *_continue_top(lambda model: 1), finish=lambda v: v[0])
-_continue("top_eigenvalues", *_continue_top(_top_count), finish=_padded)
+@continues("top_eigenvalues", _no_eigenvectors(_top_count))
+def _top_eigenvalues_from(model, problem, previous):
+    pairs = hessian_top(model, problem, previous.shape[0], previous)
+    return _padded(pairs.values), pairs.vectors

@@ -83,12 +83,13 @@ def client():
         yield c
 
 
-def test_workers_are_single_threaded_loopback_processes(client):
+def test_workers_are_loopback_processes_with_this_process_xla_flags(client):
     info = client.scheduler_info()
     assert len(info["workers"]) == 2
     assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
-    flags = client.run(lambda: os.environ.get("XLA_FLAGS"))
-    assert all("intra_op_parallelism_threads=1" in f for f in flags.values())
+    assert all(w["nthreads"] == 1 for w in info["workers"].values())
+    flags = client.run(lambda: (os.environ.get("XLA_FLAGS"), os.environ.get("OMP_NUM_THREADS")))
+    assert set(flags.values()) == {(os.environ.get("XLA_FLAGS"), "1")}
 
 
 def test_cluster_result_is_bitwise_the_in_process_one(client, scenario_file, in_process, tmp_path):

@@ -562,10 +562,11 @@ def test_ctrl_c_stops_a_sweep_mid_chunk_and_a_rerun_resumes(tmp_path, env, where
     # the second chunk was cut (its computation takes longer than that), the first is intact
     assert _chunk_files(out) == first and not [p for p in os.listdir(out / "chunks") if p.startswith(".")]
     assert (out / "chunks" / first[0]).read_bytes() == kept
-    assert json.loads((out / "sweep.json").read_text())["chunks"] == {first[0][:-3]: files.sha256(out / "chunks" / first[0])}
+    recorded = json.loads((out / "sweep.json").read_text())["chunks"]
+    assert recorded == {first[0][:-3]: files.sha256(out / "chunks" / first[0])}
     trajectory.load(out / "chunks" / first[0], expect="chunk")
     assert leftovers(tmp_path) == [] and not (out / "sweep.nc").exists()
-    # a rerun (in this process's way, the same chunk ids) computes the second chunk only
+    # a rerun (in-process; the chunk ids are the same) computes the second chunk only
     again = finish(env, "sweep", scenario, "--out", out)
     assert again.returncode == 0, again.stderr
     assert "(1 already done)" in again.stderr

@@ -1,9 +1,11 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gflow import linalg, models, observables as obs
+import gflow
+from gflow import flow, linalg, models, observables as obs, problem
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_balance_drift_measures_the_change_of_the_conserved_quantity(model, pape
 def test_sharpness_observable_is_the_top_hessian_eigenvalue(model, paper_problem):
     f, x = obs.flat_risk(model, paper_problem)
     top = np.linalg.eigvalsh(np.asarray(linalg.dense_hessian(f, x)))[-1]
-    assert float(obs.sharpness(model, paper_problem)) == pytest.approx(top, rel=1e-8)
+    assert float(obs.sharpness(model, paper_problem)) == pytest.approx(top, rel=1e-10)
 
 
 def test_unknown_names_and_user_observables():
@@ -78,3 +80,72 @@ def test_unknown_names_and_user_observables():
     m = models.mlp(jax.random.key(0), [3, 2, 1], 1.0)
     assert float(o(m, None, m)) == pytest.approx(float(np.linalg.norm(m.layers()[0])))
     del obs.REGISTRY["first_layer_norm"]
+
+
+# --- the top of the Hessian's spectrum, continued from save to save (issue 14) -----------------
+
+
+def _dense_top(model, prob, k=5):
+    f, x = obs.flat_risk(model, prob)
+    return np.linalg.eigvalsh(np.asarray(linalg.dense_hessian(f, x)))[::-1][:k]
+
+
+def test_top_eigenvalues_observable_matches_the_dense_hessian(model, paper_problem):
+    top = _dense_top(model, paper_problem)
+    np.testing.assert_allclose(obs.top_eigenvalues(model, paper_problem), top, rtol=0, atol=1e-10 * top[0])
+    tiny = models.mlp(jax.random.key(0), [2, 1, 1], 0.8)  # 3 parameters: the rest is NaN
+    values = np.asarray(obs.top_eigenvalues(tiny, problem.gaussian(10, 2, seed=0)))
+    np.testing.assert_allclose(values[:3], _dense_top(tiny, problem.gaussian(10, 2, seed=0), 3), rtol=1e-10, atol=1e-12)
+    assert np.all(np.isnan(values[3:]))
+
+
+def _saddle():
+    """A point where the most negative Hessian eigenvalue is larger in modulus than the top one."""
+    prob = problem.gaussian(50, 5, seed=0, unit_pi_star=False)
+    return models.mlp(jax.random.key(1), models.mlp_widths(5, 6, 5), 0.2), prob
+
+
+def test_along_continues_eigensolvers_from_save_to_save_and_skips_unused_slots():
+    model, prob = _saddle()
+    params, static = eqx.partition(model, models.trainable(model))
+    scales = [1.0, 1.02, 1.05, 1.5, 3.0, np.inf]  # a slowly moving point, then a jump, then an unused slot
+    weights = jax.tree.map(lambda w: jnp.stack([w * s for s in scales]), params)
+    out = obs.along(obs.get(["sharpness", "top_eigenvalues"]), weights, static, prob)
+    for i, s in enumerate(scales[:-1]):
+        top = _dense_top(eqx.combine(jax.tree.map(lambda w: w * s, params), static), prob)
+        assert float(out["sharpness"][i]) == pytest.approx(top[0], rel=1e-10)
+        np.testing.assert_allclose(out["top_eigenvalues"][i], top, rtol=0, atol=1e-10 * abs(top[0]))
+    assert np.isnan(out["sharpness"][-1]) and np.all(np.isnan(out["top_eigenvalues"][-1]))
+
+
+def test_a_solve_records_the_top_hessian_eigenvalues_at_every_save():
+    """Along a solve the eigensolvers start from the previous save's eigenvectors (after the
+    solve, from the saved weights): every save still agrees with a dense eigvalsh, from a
+    saddle-like start (|λ_min| > λ_max) to the rank-one regime."""
+    model, prob = _saddle()
+    opts = gflow.FlowOptions(t_max=40.0, saves=9, t_first=1.0, clock="plain", stop_at_excess_risk=0.0)
+    ds = gflow.solve(model, prob, opts, ["risk", "sharpness", "top_eigenvalues"])
+    dense = flow.dense_solution(model, prob, opts)
+    assert ds.sizes["time"] == 9
+    for t, s, top5 in zip(ds.time.values, ds.sharpness.values, ds.top_eigenvalues.values):
+        top = _dense_top(dense.model_at(t), prob)
+        assert s == pytest.approx(top[0], rel=1e-10)
+        np.testing.assert_allclose(top5, top, rtol=0, atol=1e-10 * abs(top[0]))
+    first = _dense_top(model, prob)
+    f, x = obs.flat_risk(model, prob)
+    assert -np.linalg.eigvalsh(np.asarray(linalg.dense_hessian(f, x)))[0] > 1.2 * first[0]  # the start is a saddle
+    assert ds.sharpness.values[-1] > 2 * ds.sharpness.values[0]  # and the flow leaves it
+
+
+def test_continued_observables_survive_jit_and_re_registration():
+    names = ["risk", "sharpness", "top_eigenvalues"]
+    leaves, treedef = jax.tree.flatten(obs.get(names))
+    rebuilt = jax.tree.unflatten(treedef, leaves)  # what jit hands a function: new objects
+    inline, warm = obs.continued(rebuilt)
+    assert [o.name for o in inline] == ["risk"] and [o.name for o in warm] == ["sharpness", "top_eigenvalues"]
+    original = obs.REGISTRY["sharpness"]
+    try:
+        obs.register("sharpness")(lambda model, problem: jnp.zeros(()))
+        assert [o.name for o in obs.continued(obs.get(names))[1]] == ["top_eigenvalues"]
+    finally:
+        obs.REGISTRY["sharpness"] = original

@@ -17,13 +17,22 @@ from ..compilation import compilation_cache
 from .chunk import run_chunk
 from .plan import ChunkSpec
 
-WORKER_ENV = {
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-}
-"""Environment of local Dask workers: one thread each, so N workers fill N cores."""
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+"""Environment of local Dask workers (besides the client's `XLA_FLAGS`, see
+[`worker_env`][]): NumPy's BLAS on one thread each."""
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of local Dask workers: `WORKER_ENV` and this process's `XLA_FLAGS`.
+    Workers must compile exactly the programs this process compiles: XLA's single-threaded
+    Eigen products (`--xla_cpu_multi_thread_eigen=false`) round some matrix products (those
+    with a transposed operand) differently from the multi-threaded ones, which would break
+    bitwise-identical sweeps, while the multi-threaded ones give the same bits on any number
+    of cores. The same flags also share this process's compilation cache entries."""
+    env = dict(WORKER_ENV)
+    if "XLA_FLAGS" in os.environ:
+        env["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
+    return env
 
 
 class DaskMissingError(ImportError):
@@ -72,12 +81,12 @@ class _ImportGflow(WorkerPlugin):
 
 @contextlib.contextmanager
 def local_cluster(n_workers: int):
-    """A Dask `LocalCluster` on 127.0.0.1 with `n_workers` single-threaded processes (see
-    `WORKER_ENV`), and its client."""
+    """A Dask `LocalCluster` on 127.0.0.1 with `n_workers` processes of one Dask thread each
+    (environment: [`worker_env`][]), and its client."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, env=dict(WORKER_ENV)) as cluster, Client(cluster) as client:
+                      dashboard_address=None, env=worker_env()) as cluster, Client(cluster) as client:
         pids = list(client.run(os.getpid).values())
         try:
             yield client

@@ -4,9 +4,12 @@
 `jax.vmap` over `gflow.solver.diffeqsolve` gives every member its own PID controller,
 step sizes, convergence event and step count inside one shared while loop (a member that
 has finished keeps its state while the others step on), so each member follows the path
-its own `gflow.flow.solve` would: the same solver, tolerances, event and `max_steps`,
-with the observables evaluated once, at the final state (the last save of a solve). One
-program per chunk shape replaces one `flow.solve` per (point, seed) in a Python loop.
+its own `gflow.flow.solve` would, to the solver's tolerance (round-off in a batched
+program, and `flow.solve`'s segments of long solves, change the steps slightly): the
+same solver, tolerances, event and `max_steps`, with the observables evaluated once, at
+the final state (the last save of a solve). One program per chunk shape replaces one
+`flow.solve` per (point, seed) in a Python loop. The loop runs until the slowest member
+ends: members of very different stiffness in one chunk cost the steps of the stiffest.
 
 A member that `flow.solve` would integrate otherwise (the arc-length clock, picked by
 `clock = "auto"` from its plateau time or asked for, or another `dynamics`) is solved by
