@@ -1,8 +1,35 @@
 """Curvature and spectra: Hessian-vector products, Lanczos, dense Hessians, SVDs.
 
 Sharpness is the largest *algebraic* Hessian eigenvalue (theory.md §1): away from a
-minimizer the most negative eigenvalue can be larger in modulus, and power iteration
-would return that one. Lanczos gives both ends of the spectrum at once.
+minimizer the most negative eigenvalue can be larger in modulus, and power iteration would
+return that one. Lanczos gives both ends of the spectrum at once.
+
+**Stopping rule of `lanczos_top`.** A Ritz pair (θ, y) with residual r = Hy − θy has an
+eigenvalue within ‖r‖ of θ, and within ‖r‖²/gap when no other eigenvalue is within `gap` of
+θ (Kato–Temple): the value converges like the square of the vector. The gap is taken from
+the neighbouring Ritz values, each widened by its own residual, so a neighbour that has not
+settled (a poor estimate of the next eigenvalue) keeps the run going; the first pair not
+wanted must moreover be apart from the last one wanted. The run stops once min(‖r‖,
+‖r‖²/gap) ≤ `tol`·max|θ| for each of the k values (the estimate is returned as `errors`; on
+the tests here it exceeds the true error 2–10×).
+
+**Warm start of `lanczos_top`.** `start` may hold the eigenvectors of a nearby operator (the
+previous save of a trajectory): they converge in a few products where a random start needs
+tens. [`warm_start`][] mixes in a little of a random vector: a warm start exactly orthogonal
+to the new top eigenvector (after a crossing of eigenvalues) would otherwise never find it,
+and the rule above makes the run resolve that admixture first.
+
+**The algorithm of `lanczos_top`.** The basis holds at most `basis` vectors: the projected
+matrix is diagonalized after every product to test convergence, which is cheap at that size,
+and a pass of reorthogonalization costs `basis`·P. Each product Hv_j is orthogonalized
+against the basis (twice) as soon as it is formed and kept as the pending direction f_j that
+becomes vector j + k (band Lanczos: a block of k ≥ the multiplicity of an eigenvalue finds
+every copy). For any Ritz pair (θ, y = Σ s_l v_l), Hy − θy = Σ s_l f_l over the last k
+vectors only, so residuals cost O(k²P). When the basis is full it is replaced by the top
+Ritz vectors (thick restart, Wu and Simon 2000): the pending directions stay orthogonal to
+them and Hy_i = θ_i y_i + Σ s_il f_l, so the Lanczos process goes on as if unrestarted on
+the subspace kept. An exhausted Krylov space (a pending direction ≈ 0) is continued with a
+fresh random direction.
 """
 
 from __future__ import annotations
@@ -86,6 +113,60 @@ def top_hessian_eigenpairs(f: Callable, x: Float[Array, " P"], start: Float[Arra
     return top_eigenpairs(lin, start, steps)
 
 
+def _orthogonalize(V, w):
+    """(w less its projection on the span of the rows of V, computed twice (Gram–Schmidt);
+    the coefficients removed). x @ V rather than Vᵀx: no transposed copy of V."""
+    x = V @ w
+    w = w - x @ V
+    y = V @ w
+    return w - y @ V, x + y
+
+
+def _ritz(j, T, Q, radius, b: int, c: int):
+    """(Ritz values descending, their coordinate vectors, the error estimates of the b
+    wanted, the spectral radius seen) after j products of [`lanczos_top`][], examining c
+    pairs (see its stopping rule)."""
+    m, dtype = T.shape[0], T.dtype
+    tiny = jnp.finfo(dtype).tiny
+    # eigh of the projected matrix on the j vectors so far: the unused rows and columns
+    # of T are zero, and a diagonal below the whole spectrum sends them to the bottom.
+    pad = 2 * jnp.sqrt(jnp.sum(T * T)) + tiny
+    theta, S = jnp.linalg.eigh(T - jnp.diag(jnp.where(jnp.arange(m) < j, 0.0, pad)))
+    radius = jnp.maximum(radius, jnp.maximum(jnp.abs(theta[-1]), jnp.abs(theta[m - j])))
+    theta, S = theta[::-1], S[:, ::-1]
+    last = jax.lax.dynamic_slice_in_dim(S[:, :c], jnp.maximum(j - b, 0), b, axis=0)  # s_l, last b vectors
+    r = jnp.linalg.norm(last.T @ Q, axis=1)
+    th = theta[:c]
+    lower = jnp.concatenate([jnp.array([jnp.inf], dtype), th[:-1] - r[:-1]])  # eigenvalue above, at least
+    upper = jnp.concatenate([th[1:] + r[1:], jnp.array([-jnp.inf], dtype)])  # eigenvalue below, at most
+    gap = jnp.minimum(lower - th, th - upper)
+    apart = gap > r
+    err = jnp.where(apart, r * r / jnp.where(apart, gap, 1.0), r)[:b]
+    if c > b:  # the first pair not wanted must be apart from the last one wanted
+        err = err.at[b - 1].set(jnp.where(apart[b - 1], err[b - 1], jnp.inf))
+    return theta, S, err, radius
+
+
+def _next_vector(q, q_scale, V, key, n):
+    """The next basis vector of [`lanczos_top`][]: the pending direction q normalized or,
+    when it has vanished against `q_scale` (an exhausted Krylov space), a fresh random
+    direction orthogonal to the basis."""
+
+    def fresh(_):
+        return _orthogonalize(V, jax.random.normal(jax.random.fold_in(key, n), q.shape, q.dtype))[0]
+
+    q = jax.lax.cond(jnp.linalg.norm(q) <= 1e-10 * q_scale, fresh, lambda _: q, None)
+    return q / jnp.linalg.norm(q)
+
+
+def _thick_restart(j, T, Q, radius, V, b: int, c: int, keep: int, _=None):
+    """(basis, projected matrix) after a thick restart of [`lanczos_top`][]: the top `keep`
+    Ritz vectors, with their Ritz values on the diagonal."""
+    theta, S, _, _ = _ritz(j, T, Q, radius, b, c)
+    V_kept = jnp.zeros_like(V).at[:keep].set(S[:, :keep].T @ V)
+    return V_kept, jnp.zeros_like(T).at[jnp.arange(keep), jnp.arange(keep)].set(theta[:keep])
+
+
 class Eigenpairs(NamedTuple):
     """The top of a symmetric operator's spectrum, from [`lanczos_top`][]."""
 
@@ -128,32 +209,7 @@ def lanczos_top(
       5th value, 15 vectors needed 204 products, 30 needed 110, 40 needed 73.
     - `key`: for the fresh directions that continue an exhausted Krylov space.
 
-    **Stopping rule.** A Ritz pair (θ, y) with residual r = Hy − θy has an eigenvalue within
-    ‖r‖ of θ, and within ‖r‖²/gap when no other eigenvalue is within `gap` of θ
-    (Kato–Temple): the value converges like the square of the vector. The gap is taken
-    from the neighbouring Ritz values, each widened by its own residual, so a neighbour
-    that has not settled (a poor estimate of the next eigenvalue) keeps the run going;
-    the first pair not wanted must moreover be apart from the last one wanted. The run
-    stops once min(‖r‖, ‖r‖²/gap) ≤ `tol`·max|θ| for each of the k values (the estimate
-    is returned as `errors`; on the tests here it exceeds the true error 2–10×).
-
-    **Warm start.** `start` may hold the eigenvectors of a nearby operator (the previous save
-    of a trajectory): they converge in a few products where a random start needs tens.
-    [`warm_start`][] mixes in a little of a random vector: a warm start exactly orthogonal
-    to the new top eigenvector (after a crossing of eigenvalues) would otherwise never
-    find it, and the rule above makes the run resolve that admixture first.
-
-    **Algorithm.** The basis holds at most `basis` vectors: the projected matrix is
-    diagonalized after every product to test convergence, which is cheap at that size,
-    and a pass of reorthogonalization costs `basis`·P. Each product Hv_j is orthogonalized
-    against the basis (twice) as soon as it is formed and kept as the pending direction
-    f_j that becomes vector j + k (band Lanczos: a block of k ≥ the multiplicity of an
-    eigenvalue finds every copy). For any Ritz pair (θ, y = Σ s_l v_l), Hy − θy = Σ s_l f_l
-    over the last k vectors only, so residuals cost O(k²P). When the basis is full it is
-    replaced by the top Ritz vectors (thick restart, Wu and Simon 2000): the pending
-    directions stay orthogonal to them and Hy_i = θ_i y_i + Σ s_il f_l, so the Lanczos
-    process goes on as if unrestarted on the subspace kept. An exhausted Krylov space (a
-    pending direction ≈ 0) is continued with a fresh random direction.
+    The stopping rule, the warm start and the algorithm: see the module docstring.
     """
     b, dim = start.shape
     m = min(int(basis or max(8, 6 * b)), int(dim))
@@ -164,50 +220,18 @@ def lanczos_top(
     dtype = start.dtype
     tiny = jnp.finfo(dtype).tiny
 
-    def orthogonalize(V, w):  # twice (Gram–Schmidt); x @ V: no transposed copy of V
-        x = V @ w
-        w = w - x @ V
-        y = V @ w
-        return w - y @ V, x + y
-
-    def ritz(j, T, Q, radius):
-        # eigh of the projected matrix on the j vectors so far: the unused rows and columns
-        # of T are zero, and a diagonal below the whole spectrum sends them to the bottom.
-        pad = 2 * jnp.sqrt(jnp.sum(T * T)) + tiny
-        theta, S = jnp.linalg.eigh(T - jnp.diag(jnp.where(jnp.arange(m) < j, 0.0, pad)))
-        radius = jnp.maximum(radius, jnp.maximum(jnp.abs(theta[-1]), jnp.abs(theta[m - j])))
-        theta, S = theta[::-1], S[:, ::-1]
-        last = jax.lax.dynamic_slice_in_dim(S[:, :c], jnp.maximum(j - b, 0), b, axis=0)  # s_l, last b vectors
-        r = jnp.linalg.norm(last.T @ Q, axis=1)
-        th = theta[:c]
-        lower = jnp.concatenate([jnp.array([jnp.inf], dtype), th[:-1] - r[:-1]])  # eigenvalue above, at least
-        upper = jnp.concatenate([th[1:] + r[1:], jnp.array([-jnp.inf], dtype)])  # eigenvalue below, at most
-        gap = jnp.minimum(lower - th, th - upper)
-        apart = gap > r
-        err = jnp.where(apart, r * r / jnp.where(apart, gap, 1.0), r)[:b]
-        if c > b:  # the first pair not wanted must be apart from the last one wanted
-            err = err.at[b - 1].set(jnp.where(apart[b - 1], err[b - 1], jnp.inf))
-        return theta, S, err, radius
-
     def product(carry):
         n, j, base, V, T, Q, qn, radius, _ = carry
-        q = Q[0]
-        broke = jnp.linalg.norm(q) <= 1e-10 * qn[0]
-
-        def fresh(_):
-            return orthogonalize(V, jax.random.normal(jax.random.fold_in(key, n), (dim,), dtype))[0]
-
-        q = jax.lax.cond(broke, fresh, lambda _: q, None)
-        v = q / jnp.linalg.norm(q)
+        v = _next_vector(Q[0], qn[0], V, key, n)
         V = V.at[j].set(v)
         rest = Q[1:] - jnp.outer(Q[1:] @ v, v)
         h = matvec(v)
-        f, col = orthogonalize(V, h)
+        f, col = _orthogonalize(V, h)
         T = T.at[:, j].set(col).at[j, :].set(col)
         Q = jnp.concatenate([rest, f[None]])
         qn = jnp.concatenate([qn[1:], jnp.linalg.norm(h)[None] + tiny])
         j, n = j + 1, n + 1
-        _, _, err, radius = ritz(j, T, Q, radius)
+        _, _, err, radius = _ritz(j, T, Q, radius, b, c)
         # k + 1 Ritz pairs, of which the last k vectors are new (after a restart)
         converged = (j >= c) & (j - base >= b) & (c > b) & jnp.all(err <= tol * radius)
         return n, j, base, V, T, Q, qn, radius, converged | (j >= dim)
@@ -217,11 +241,7 @@ def lanczos_top(
         n, j, base, V, T, Q, qn, radius, done = carry
         last = done | (n >= max_products)
 
-        def restart(_):
-            theta, S, _, _ = ritz(j, T, Q, radius)
-            V_kept = jnp.zeros_like(V).at[:keep].set(S[:, :keep].T @ V)
-            return V_kept, jnp.zeros_like(T).at[jnp.arange(keep), jnp.arange(keep)].set(theta[:keep])
-
+        restart = functools.partial(_thick_restart, j, T, Q, radius, V, b, c, keep)
         V, T = jax.lax.cond(last, lambda _: (V, T), restart, None)
         j = jnp.where(last, j, keep)
         return n, j, j, V, T, Q, qn, radius, done
@@ -231,7 +251,7 @@ def lanczos_top(
     init = (zero, zero, zero, jnp.zeros((m, dim), dtype), jnp.zeros((m, m), dtype), start, qn,
             jnp.zeros((), dtype), jnp.array(False))
     n, j, _, V, T, Q, _, radius, _ = jax.lax.while_loop(lambda c: (c[0] < max_products) & ~c[-1], cycle, init)
-    theta, S, err, _ = ritz(j, T, Q, radius)
+    theta, S, err, _ = _ritz(j, T, Q, radius, b, c)
     return Eigenpairs(theta[:b], S[:, :b].T @ V, err, n)
 
 

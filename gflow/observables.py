@@ -343,14 +343,16 @@ def top_eigenvalues(model, problem):
     """The 5 largest algebraic Hessian eigenvalues, descending (block Lanczos until converged;
     along a solve, from the eigenvectors at the previous save; NaN past the number of
     parameters)."""
-    return _padded(hessian_top(model, problem, _top_count(model)).values)
+    return padded_to_top(hessian_top(model, problem, top_count(model)).values)
 
 
-def _top_count(model) -> int:
+def top_count(model) -> int:
+    """How many eigenvalues `top_eigenvalues` computes: 5, or the number of parameters."""
     return min(TOP_EIGENVALUES, sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model)))))
 
 
-def _padded(values):
+def padded_to_top(values):
+    """`values` padded with NaN to `TOP_EIGENVALUES` entries (a fixed shape to record)."""
     return jnp.concatenate([values, jnp.full(TOP_EIGENVALUES - values.shape[0], jnp.nan)])
 
 
@@ -381,98 +383,3 @@ def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> l
     if previous is None:
         previous = jnp.full((k, x.size), jnp.nan, x.dtype)
     return linalg.lanczos_top(lin, linalg.warm_start(previous), 40 + 20 * k)
-
-
-# --- observables continued from the previous save --------------------------------------
-
-
-class Continued(eqx.Module):
-    """How a registered observable continues, along a solve, from what it found at the
-    previous save (an eigensolver from the last eigenvectors): `init(model, problem)` is
-    the carry before the first save, `step(model, problem, carry)` returns (value, next
-    carry). The value must not depend on the carry beyond the observable's own tolerance:
-    the carry saves work only."""
-
-    observable: Observable
-    init: Callable = eqx.field(static=True)
-    step: Callable = eqx.field(static=True)
-
-
-CONTINUED: dict[str, Continued] = {}
-"""The observables that [`along`][] continues from save to save, by name."""
-
-WEIGHTS = "_weights"
-"""Where a solve saves the trainable leaves for [`along`][] (not an observable)."""
-
-
-def continues(name: str, init: Callable):
-    """Decorator adding `step(model, problem, carry) -> (value, carry)` to `CONTINUED` as
-    the continued form of the registered observable `name` (see [`Continued`][])."""
-
-    def decorator(step: Callable) -> Callable:
-        CONTINUED[name] = Continued(REGISTRY[name], init, step)
-        return step
-
-    return decorator
-
-
-def continued(observables: Sequence[Observable]) -> tuple[tuple[Observable, ...], tuple[Observable, ...]]:
-    """(the observables evaluated at each save on its own, those continued from the
-    previous save): an observable is continued when `CONTINUED` has it under its name with
-    the same function (re-registering a name with [`register`][] makes it an ordinary one
-    again). Functions, not objects, are compared: `jit` rebuilds the modules it is given."""
-
-    def warm(o):
-        return o.name in CONTINUED and CONTINUED[o.name].observable.fn is o.fn
-
-    return tuple(o for o in observables if not warm(o)), tuple(o for o in observables if warm(o))
-
-
-def along(observables: Sequence[Observable], weights, static, problem: Problem) -> dict:
-    """The continued `observables` (see `CONTINUED`) at each saved state, by name: `weights`
-    holds the trainable leaves with a leading axis of saves in time order, the network's
-    other leaves are in `static`. A `lax.scan` carries each observable's state from one save
-    to the next; a save with non-finite weights (Diffrax fills the slots after the end of a
-    solve with inf) gets NaN and passes the carry on unchanged."""
-    forms = [CONTINUED[o.name] for o in observables]
-    first = eqx.combine(jax.tree.map(lambda w: w[0], weights), static)
-
-    def compute(params, carry):
-        model = eqx.combine(params, static)
-        out = [c.step(model, problem, s) for c, s in zip(forms, carry)]
-        return tuple(jnp.asarray(v, jnp.float64) for v, _ in out), tuple(s for _, s in out)
-
-    def step(carry, params):
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(params)]))
-        shapes = jax.eval_shape(compute, params, carry)[0]
-
-        def skip(params, carry):
-            return tuple(jnp.full(v.shape, jnp.nan, v.dtype) for v in shapes), carry
-
-        values, carry = jax.lax.cond(finite, compute, skip, params, carry)
-        return carry, values
-
-    _, values = jax.lax.scan(step, tuple(c.init(first, problem) for c in forms), weights)
-    return {o.name: v for o, v in zip(observables, values)}
-
-
-def _no_eigenvectors(k: Callable):
-    """The carry of a Hessian eigensolver before the first save: k(model) rows of NaN."""
-
-    def init(model, problem):
-        size = sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
-        return jnp.full((k(model), size), jnp.nan)
-
-    return init
-
-
-@continues("sharpness", _no_eigenvectors(lambda model: 1))
-def _sharpness_from(model, problem, previous):
-    pairs = hessian_top(model, problem, 1, previous)
-    return pairs.values[0], pairs.vectors
-
-
-@continues("top_eigenvalues", _no_eigenvectors(_top_count))
-def _top_eigenvalues_from(model, problem, previous):
-    pairs = hessian_top(model, problem, previous.shape[0], previous)
-    return _padded(pairs.values), pairs.vectors

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from . import observables as obs
+from . import continued, observables as obs
 from .dynamics import GradientFlow
 from .models import end_to_end
 
@@ -177,18 +177,18 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
     # Observables that continue from the previous save (Lanczos from the last eigenvector)
-    # are computed after the solve from the saved weights (`obs.along`).
-    inline, warm = obs.continued(observables)
+    # are computed after the solve from the saved weights (`continued.along`).
+    inline, warm = continued.split(observables)
 
     def save(t, y, args):
-        return {**record(inline, y, args, dynamics), **({obs.WEIGHTS: y[0]} if warm else {})}
+        return {**record(inline, y, args, dynamics), **({continued.WEIGHTS: y[0]} if warm else {})}
 
     sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save), stop,
                       options, dynamics, dt0)
     if not warm:
         return sol
     saved = dict(sol.ys[0])
-    saved.update(obs.along(warm, saved.pop(obs.WEIGHTS), static, problem))
+    saved.update(continued.along(warm, saved.pop(continued.WEIGHTS), static, problem))
     return eqx.tree_at(lambda s: s.ys, sol, (saved, *sol.ys[1:]))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow import flow, linalg, models, observables as obs, problem
+from gflow import continued, flow, linalg, models, observables as obs, problem
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_along_continues_eigensolvers_from_save_to_save_and_skips_unused_slots()
     params, static = eqx.partition(model, models.trainable(model))
     scales = [1.0, 1.02, 1.05, 1.5, 3.0, np.inf]  # a slowly moving point, then a jump, then an unused slot
     weights = jax.tree.map(lambda w: jnp.stack([w * s for s in scales]), params)
-    out = obs.along(obs.get(["sharpness", "top_eigenvalues"]), weights, static, prob)
+    out = continued.along(obs.get(["sharpness", "top_eigenvalues"]), weights, static, prob)
     for i, s in enumerate(scales[:-1]):
         top = _dense_top(eqx.combine(jax.tree.map(lambda w: w * s, params), static), prob)
         assert float(out["sharpness"][i]) == pytest.approx(top[0], rel=1e-10)
@@ -141,11 +141,11 @@ def test_continued_observables_survive_jit_and_re_registration():
     names = ["risk", "sharpness", "top_eigenvalues"]
     leaves, treedef = jax.tree.flatten(obs.get(names))
     rebuilt = jax.tree.unflatten(treedef, leaves)  # what jit hands a function: new objects
-    inline, warm = obs.continued(rebuilt)
+    inline, warm = continued.split(rebuilt)
     assert [o.name for o in inline] == ["risk"] and [o.name for o in warm] == ["sharpness", "top_eigenvalues"]
     original = obs.REGISTRY["sharpness"]
     try:
         obs.register("sharpness")(lambda model, problem: jnp.zeros(()))
-        assert [o.name for o in obs.continued(obs.get(names))[1]] == ["top_eigenvalues"]
+        assert [o.name for o in continued.split(obs.get(names))[1]] == ["top_eigenvalues"]
     finally:
         obs.REGISTRY["sharpness"] = original

@@ -90,10 +90,8 @@ def run(
     seeds: Sequence | None = None,
     kernel: str = "fused",
 ) -> xr.Dataset:
-    """GD from every initialization at every step size, vectorized.
-
-    Step sizes that share a step count run as one compiled scan under `vmap` over
-    (step sizes × initializations); each distinct step count compiles once.
+    """GD from every initialization at every step size, vectorized: one compiled scan under
+    `vmap` over (step sizes × initializations) per distinct step count.
 
     **Arguments:**
 
@@ -113,11 +111,9 @@ def run(
       `diverge_above` (default `diverge_factor`·R(W(0)) for each initialization).
     - `lanczos_steps`: Lanczos steps of the end-of-run sharpness.
     - `seeds`: labels of the initializations (coordinate `seed`; default 0, 1, …).
-    - `kernel`: how the steps compute R and ∇R: "fused" (a linear network's gradient written
-      out on the sufficient statistics Σ̂, π*, runs vectorized; several times faster) or
-      "autodiff" (`jax.value_and_grad` of the risk at every step, the general path, which a
-      network with an activation and a run recording `balance_drift` always take). They
-      agree to round-off; the choice is kept in `attrs["kernel"]`.
+    - `kernel`: "fused" (a linear network's gradient on the sufficient statistics, several
+      times faster) or "autodiff" (the general path; see `GridSettings`). They agree to
+      round-off; the choice is kept in `attrs["kernel"]`.
 
     **Returns:** an `xarray.Dataset` on dims (`step_size`, `seed`, `record`, …) with the
     coordinates `step` and `time` = η·step on (`step_size`, `record`) (NaN where a step size
@@ -131,9 +127,8 @@ def run(
     plan = validate(
         models, problem, step_sizes, steps, record_every=record_every, observables=observables, seeds=seeds,
         tol=tol, diverge_factor=diverge_factor, diverge_above=diverge_above, lanczos_steps=lanczos_steps,
+        kernel=kernel,
     )
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
     start = _time.perf_counter()
     initial = initial_quantities(plan.params, plan.static, problem, lanczos_steps, initial_sharpness)
     risk0 = np.asarray(initial.risk)
@@ -141,16 +136,9 @@ def run(
     track = any(o.name == "balance_drift" for o in plan.observables)
     results = execute(plan, problem, thresholds, record_weights=record_weights, final_sharpness=final_sharpness,
                       lanczos_steps=lanczos_steps, track_balance=track, kernel=kernel)
-    settings = dict(
-        method="gradient_descent",
-        tol=tol,
-        diverge_factor=diverge_factor,
-        diverge_above=diverge_above,
-        lanczos_steps=lanczos_steps,
-        kernel=kernel,
-        observables=[o.name for o in plan.observables],
-        wall_time_s=_time.perf_counter() - start,
-    )
+    settings = dict(method="gradient_descent", tol=tol, diverge_factor=diverge_factor, diverge_above=diverge_above,
+                    lanczos_steps=lanczos_steps, kernel=kernel, observables=[o.name for o in plan.observables],
+                    wall_time_s=_time.perf_counter() - start)
     return assemble(plan, problem, initial, results, settings, record_weights=record_weights,
                     final_sharpness=final_sharpness, track_balance=track)
 
@@ -189,7 +177,9 @@ def _step_sizes(step_sizes) -> np.ndarray:
     return etas
 
 
-def _check_settings(tol, diverge_factor, diverge_above, lanczos_steps) -> None:
+def _check_settings(tol, diverge_factor, diverge_above, lanczos_steps, kernel) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number ≥ 0; got {tol!r}.")
     if not (isinstance(diverge_factor, int | float) and diverge_factor > 1):
@@ -201,7 +191,7 @@ def _check_settings(tol, diverge_factor, diverge_above, lanczos_steps) -> None:
 
 def validate(
     models, problem: Problem, step_sizes, steps, *, record_every, observables, seeds,
-    tol, diverge_factor, diverge_above, lanczos_steps,
+    tol, diverge_factor, diverge_above, lanczos_steps, kernel="fused",
 ) -> Plan:
     """The [`Plan`][] of a [`run`][] call (same arguments), or a `ValueError` that says
     what to change."""
@@ -209,7 +199,7 @@ def validate(
     step_counts = _per_step_size(steps, etas.size, "steps")
     everies = _per_step_size(record_every, etas.size, "record_every")
     everies = [max(1, s // 100) if r is None else min(r, s) for r, s in zip(everies, step_counts)]
-    _check_settings(tol, diverge_factor, diverge_above, lanczos_steps)
+    _check_settings(tol, diverge_factor, diverge_above, lanczos_steps, kernel)
     batched = batch(models)
     n_init = batched.p.shape[0]
     network = unbatch_first(batched)

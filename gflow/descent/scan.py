@@ -190,6 +190,41 @@ def record_steps(steps: int, every: int) -> np.ndarray:
     return ks if ks[-1] == steps else np.append(ks, steps)
 
 
+def _stepper(params, static, problem, step_size, diverge_above, half: int, *, kernel: str, track_balance: bool):
+    """(advance, start, weights) of [`descend`][]: `advance(carry, length)` takes `length`
+    GD steps of the carry (x, k, diverged_at, progress_at_half, balance tracker), `start` is
+    x at step 0 and `weights(x)` the trainable leaves. The fused kernel's x is its own
+    layout of the weights ([`fused.Layout`][gflow.descent.fused.Layout]); the autodiff
+    kernel's x is the leaves themselves."""
+    if kernel == "fused" and fused.supports(eqx.combine(params, static)) and not track_balance:
+        layout = fused.Layout(params, static)
+
+        def advance(carry, length):
+            x, k, div, mid, track = carry
+            out = fused.steps(layout, length, half)((x, k, div, mid), step_size, diverge_above, static.p, problem)
+            return (*out, track)
+
+        return advance, layout.start(params), layout.params
+
+    value_and_grad = jax.value_and_grad(_objective)
+
+    def step(carry, _):
+        q, k, div, mid, track = carry
+        e, g = value_and_grad(q, static, problem)
+        div = jnp.where((div < 0) & _diverging(_risk(e, static, problem), diverge_above), k, div)
+        live = div < 0
+        if track is not None:
+            track = track.step(eqx.combine(q, static), eqx.combine(g, static), step_size, live)
+        q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
+        mid = jnp.where(k == half, e if static.is_linear else obs.squared_norm(g), mid)
+        return (q, k + 1, div, mid, track), None
+
+    def advance(carry, length):
+        return jax.lax.scan(step, carry, None, length=length)[0]
+
+    return advance, params, lambda q: q
+
+
 def descend(
     params,
     static: DeepLinear,
@@ -228,34 +263,8 @@ def descend(
     """
     initial = eqx.combine(params, static)
     half = steps // 2
-    if kernel == "fused" and fused.supports(initial) and not track_balance:
-        layout = fused.Layout(params, static)
-
-        def advance(carry, length):
-            x, k, div, mid, track = carry
-            out = fused.steps(layout, length, half)((x, k, div, mid), step_size, diverge_above, static.p, problem)
-            return (*out, track)
-
-        start, weights = layout.start(params), layout.params
-    else:
-        value_and_grad = jax.value_and_grad(_objective)
-
-        def step(carry, _):
-            q, k, div, mid, track = carry
-            e, g = value_and_grad(q, static, problem)
-            div = jnp.where((div < 0) & _diverging(_risk(e, static, problem), diverge_above), k, div)
-            live = div < 0
-            if track is not None:
-                track = track.step(eqx.combine(q, static), eqx.combine(g, static), step_size, live)
-            q = jax.tree.map(lambda x, gx: jnp.where(live, x - step_size * gx, x), q, g)
-            mid = jnp.where(k == half, e if static.is_linear else obs.squared_norm(g), mid)
-            return (q, k + 1, div, mid, track), None
-
-        def advance(carry, length):
-            return jax.lax.scan(step, carry, None, length=length)[0]
-
-        start, weights = params, lambda q: q
-
+    advance, start, weights = _stepper(params, static, problem, step_size, diverge_above, half,
+                                       kernel=kernel, track_balance=track_balance)
     record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
 
     def chunk(carry, _):
