@@ -187,6 +187,13 @@ def corollary_scale(unit_model: DeepLinear, target: float = 0.95) -> float:
     return target / smallness(epsilon(unit_model), unit_model.depth)
 
 
+@eqx.filter_jit
+def _regressor_and_grad_norm_sq(model: DeepLinear, problem: Problem):
+    """(w = end-to-end regressor, ‖∇R‖²) at `model`: one compiled call, reused by every solve
+    of the same shapes (run eagerly, the layer scans would compile anew at each call)."""
+    return end_to_end(model), obs.grad_norm_sq(model, problem)
+
+
 def assumption_a2(model: DeepLinear, problem: Problem) -> tuple[bool, dict]:
     """(A2): R(W(0)) ≤ ‖y‖²/n and ∇R(W(0)) ≠ 0. Returns (holds, the numbers).
 
@@ -195,12 +202,12 @@ def assumption_a2(model: DeepLinear, problem: Problem) -> tuple[bool, dict]:
     `risk_minus_y_sq_error` bounds its round-off: a value within it has no decidable sign,
     and (A2) is then reported as not holding.
     """
-    w0 = np.asarray(end_to_end(model))
+    w0, grad0 = _regressor_and_grad_norm_sq(model, problem)
+    w0, grad0 = np.asarray(w0), float(grad0)
     S, pi = np.asarray(problem.sigma), np.asarray(problem.pi_star)
     quad, cross = float(w0 @ S @ w0), float(w0 @ S @ pi)
     diff = quad - 2 * cross
     error = float(roundoff(abs(quad) + 2 * abs(cross)))
-    grad0 = float(obs.grad_norm_sq(model, problem))
     numbers = dict(risk_minus_y_sq=diff, risk_minus_y_sq_error=error, grad_norm_sq_initial=grad0)
     return diff < -error and grad0 > 0, numbers
 
