@@ -81,10 +81,12 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
     """
     full = solver.numerics(options)
     pieces, step_times, stats = [], [], dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
-    y, t0, dt0 = y0, t_start, None
+    y, t0 = y0, t_start
     while True:
         numerics = dataclasses.replace(full, max_steps=min(SEGMENT_STEPS, full.max_steps - stats["num_steps"]))
-        sol = integrate(y, t0, dt0, numerics)
+        # each segment picks its first step as the first did (dt0 None): passing the last
+        # step instead would compile a second program for every solve longer than a segment
+        sol = integrate(y, t0, None, numerics)
         times, saved = solver.trim(np.asarray(sol.ts[0]), jax.tree.map(np.asarray, sol.ys[0]))
         ends = np.asarray(sol.ts[2])
         step_times.append(ends[np.isfinite(ends)])
@@ -97,8 +99,8 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
         pieces.append((times[keep], jax.tree.map(lambda v: v[keep], saved)))
         if last:
             break
-        dt0 = float(step_times[-1][-1] - step_times[-1][-2])
-        watch.segment_done(t_end, stats["num_steps"], dt0, eqx.combine(y[0], static), problem)
+        last_step = float(step_times[-1][-1] - step_times[-1][-2])
+        watch.segment_done(t_end, stats["num_steps"], last_step, eqx.combine(y[0], static), problem)
         t0 = t_end
     times = np.concatenate([p[0] for p in pieces])
     saved = jax.tree.map(lambda *v: np.concatenate(v), *[p[1] for p in pieces])

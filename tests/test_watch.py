@@ -18,9 +18,10 @@ def short_segments(monkeypatch):
 
 
 def test_segments_follow_the_same_trajectory(prob3, short_segments):
-    """Cut every 24 steps, the solve restarts from the state reached with the last step: the
-    saves agree with an unsegmented solve to well within rtol = 1e-9 times the plateau's
-    length (errors of both are ~rtol per unit time), and nothing is flagged as stiff."""
+    """Cut every 24 steps, the solve restarts from the state reached (its first step chosen
+    anew, as at t = 0): the saves agree with an unsegmented solve to well within rtol = 1e-9
+    times the plateau's length (errors of both are ~rtol per unit time), and nothing is
+    flagged as stiff."""
     model = models.mlp(jax.random.key(2), models.mlp_widths(3, 3, 3), 0.3)
     opts = gflow.FlowOptions(**OPTIONS)
     lines = []
