@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import tempfile
@@ -18,6 +19,26 @@ def pytest_configure(config):
         config._gflow_cache_owner = True
     os.environ["GFLOW_JAX_CACHE"] = os.environ["GFLOW_TEST_CACHE"]
     compilation.compilation_cache(os.environ["GFLOW_TEST_CACHE"])
+
+
+MAX_MAPPINGS = 30_000
+"""Memory mappings a test process may hold before JAX's caches are cleared (see below)."""
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Clear JAX's in-memory caches after a test once this process holds over
+    `MAX_MAPPINGS` memory mappings. Each compiled XLA:CPU program keeps its kernels mapped
+    (a GF solve with the default observables: ~1,200 mappings, measured), so a test worker
+    that compiles a few dozen of them reaches Linux's vm.max_map_count (65,530) and dies
+    inside XLA (SIGABRT/SIGSEGV while compiling or serializing; seen three times late in a
+    full run). Programs needed again are read back from the session's compilation cache."""
+    yield
+    with open(f"/proc/{os.getpid()}/maps") if os.path.exists("/proc/self/maps") else open(os.devnull) as maps:
+        count = sum(1 for _ in maps)
+    if count > MAX_MAPPINGS:
+        jax.clear_caches()
+        gc.collect()
 
 
 def pytest_unconfigure(config):
