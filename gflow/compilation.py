@@ -4,6 +4,7 @@ sweep), instead of being compiled again."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 import jax
@@ -22,3 +23,27 @@ def compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up: cache all
     return path
+
+
+MAX_MAPPINGS = 30_000
+"""Memory mappings a process may hold before [`release_if_crowded`][] clears JAX's caches."""
+
+
+def release_if_crowded(limit: int = MAX_MAPPINGS) -> bool:
+    """Clear JAX's in-memory caches of compiled programs when this process holds more than
+    `limit` memory mappings; returns whether it did. Each compiled XLA:CPU program keeps its
+    kernels mapped (~1,200 mappings for a GF solve with the default observables, measured),
+    and a process that compiles a few dozen shapes reaches Linux's vm.max_map_count (65,530)
+    and dies inside XLA (SIGABRT/SIGSEGV while compiling or serializing a program). Called
+    where solves start; a program needed again is traced anew and read back from the
+    persistent cache. A no-op where /proc/self/maps does not exist."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            count = sum(1 for _ in maps)
+    except OSError:
+        return False
+    if count <= limit:
+        return False
+    jax.clear_caches()
+    gc.collect()
+    return True

@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .models import trainable
+from .models import n_trainable
 from .observables import REGISTRY, Observable, padded_to_top, top_count, hessian_top
 from .problem import Problem
 
@@ -95,8 +95,7 @@ def _no_eigenvectors(k: Callable):
     """The carry of a Hessian eigensolver before the first save: k(model) rows of NaN."""
 
     def init(model, problem):
-        size = sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
-        return jnp.full((k(model), size), jnp.nan)
+        return jnp.full((k(model), n_trainable(model)), jnp.nan)
 
     return init
 

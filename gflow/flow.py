@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import central, clock as _clock, observables as obs, solver, theory, trajectory
+from . import central, clock as _clock, compilation, observables as obs, solver, theory, trajectory
 from .clock import AUTO_PLATEAU_TIME, plateau_field, plateau_time
 from .dynamics import DYNAMICS, GradientFlow, ModifiedFlow
 from .models import DeepLinear, check_input_width, trainable
@@ -245,6 +245,7 @@ def solve(
     """
     check_input_width(model, problem.d)
     observables = obs.get(observables, model)
+    compilation.release_if_crowded()
     params, static = eqx.partition(model, trainable(model))
     y0 = solver.initial_state(params)
     start = _time.perf_counter()
@@ -285,9 +286,9 @@ def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, 
     ts = jnp.asarray(options.save_times())
     stop = jnp.asarray(options.stop_at_excess_risk)
 
-    def integrate(y, t0, dt0, numerics):
+    def integrate(y, t0, numerics):
         return solver.integrate(y, static, problem, model, ts, stop, numerics, observables, t0=jnp.asarray(t0),
-                                dynamics=dynamics, dt0=None if dt0 is None else jnp.asarray(dt0))
+                                dynamics=dynamics)
 
     watch = Watch(report, options.solver, options.t_max, options.max_steps)
     times, values, final_state, result, stats, step_times = solve_in_segments(

@@ -77,15 +77,11 @@ def block_lanczos(matvec: Callable[[Array], Array], start: Float[Array, "b P"], 
     b, dim = start.shape
     m = min(b * int(steps), int(dim))
 
-    def orthogonalize(V, w):
-        w = w - V.T @ (V @ w)
-        return w - V.T @ (V @ w)
-
     def body(j, carry):
         V, HV = carry
         source = jnp.where(j < b, start[jnp.minimum(j, b - 1)], HV[jnp.maximum(j - b, 0)])
-        w = orthogonalize(V, source)
-        fresh = orthogonalize(V, jax.random.normal(jax.random.fold_in(key, j), (dim,), start.dtype))
+        w = _orthogonalize(V, source)[0]
+        fresh = _orthogonalize(V, jax.random.normal(jax.random.fold_in(key, j), (dim,), start.dtype))[0]
         scale = jnp.linalg.norm(source) + jnp.finfo(start.dtype).tiny
         w = jnp.where(jnp.linalg.norm(w) > 1e-10 * scale, w, fresh)
         v = w / jnp.linalg.norm(w)

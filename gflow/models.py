@@ -123,6 +123,11 @@ def trainable(model: DeepLinear):
     return eqx.tree_at(lambda m: m.p, spec, replace=False)
 
 
+def n_trainable(model: DeepLinear) -> int:
+    """P, the number of trainable parameters."""
+    return sum(int(x.size) for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
+
+
 def end_to_end(model: DeepLinear, unroll: bool = False) -> Float[Array, " d"]:
     """The regressor w = W_1ᵀ ⋯ W_Lᵀ p, by a chain of vector–matrix products."""
     return row_product(model, skip=0, unroll=unroll)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from . import linalg
-from .models import DeepLinear, end_to_end, outputs, row_product, trainable
+from .models import DeepLinear, end_to_end, n_trainable, outputs, row_product, trainable
 from .problem import Problem
 
 
@@ -118,13 +118,16 @@ def suboptimality(model: DeepLinear, problem: Problem) -> jax.Array:
     return risk_of(model, problem)
 
 
-def flat_risk(model: DeepLinear, problem: Problem):
-    """(R as a function of the flat trainable parameters, the flat point itself)."""
+def flat_risk(model: DeepLinear, problem: Problem, unroll: bool = False):
+    """(R as a function of the flat trainable parameters, the flat point itself). `unroll`:
+    a linear network's layer loop written out (`end_to_end(unroll=True)`): the same
+    function, with faster Hessian-vector products at small depth (see `UNROLL_DEPTH`)."""
     params, static = eqx.partition(model, trainable(model))
     flat, unravel = ravel_pytree(params)
 
     def risk(x):
-        return risk_of(eqx.combine(unravel(x), static), problem)
+        network = eqx.combine(unravel(x), static)
+        return problem.risk(end_to_end(network, unroll=True)) if unroll and model.is_linear else risk_of(network, problem)
 
     return risk, flat
 
@@ -348,7 +351,7 @@ def top_eigenvalues(model, problem):
 
 def top_count(model) -> int:
     """How many eigenvalues `top_eigenvalues` computes: 5, or the number of parameters."""
-    return min(TOP_EIGENVALUES, sum(x.size for x in jax.tree.leaves(eqx.filter(model, trainable(model)))))
+    return min(TOP_EIGENVALUES, n_trainable(model))
 
 
 def padded_to_top(values):
@@ -359,17 +362,7 @@ def padded_to_top(values):
 UNROLL_DEPTH = 16
 """Up to this depth, the Hessian products of a linear network run through the layers in
 straight-line code (`row_product(unroll=True)`) rather than a `lax.scan`: 2–3× faster
-products at the paper's size, for a little more compile time."""
-
-
-def hessian_risk(model: DeepLinear, problem: Problem):
-    """[`flat_risk`][], with the layer loop written out for a linear network of depth ≤
-    `UNROLL_DEPTH` (the same function; faster Hessian-vector products)."""
-    if not (model.is_linear and model.depth <= UNROLL_DEPTH):
-        return flat_risk(model, problem)
-    params, static = eqx.partition(model, trainable(model))
-    flat, unravel = ravel_pytree(params)
-    return (lambda x: problem.risk(end_to_end(eqx.combine(unravel(x), static), unroll=True))), flat
+products at the paper's size, for a little more compile time (see [`flat_risk`][])."""
 
 
 def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> linalg.Eigenpairs:
@@ -378,7 +371,7 @@ def hessian_top(model: DeepLinear, problem: Problem, k: int, previous=None) -> l
     (deterministic), or warm from `previous`, the eigenvectors (rows) at a nearby point
     such as the previous save (rows of NaN: none yet). Converged to
     `linalg.LANCZOS_TOL`, or after 40 + 20k products."""
-    f, x = hessian_risk(model, problem)
+    f, x = flat_risk(model, problem, unroll=model.depth <= UNROLL_DEPTH)
     _, lin = jax.linearize(jax.grad(f), x)  # one linearization, reused by every product
     if previous is None:
         previous = jnp.full((k, x.size), jnp.nan, x.dtype)

@@ -93,14 +93,13 @@ def record(observables, y, args, dynamics=GRADIENT_FLOW) -> dict:
     return {**observe(observables, y[0], args), ENERGY: y[1], **dynamics.records(y, args)}
 
 
-def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Numerics, dynamics=GRADIENT_FLOW,
-                dt0=None):
+def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Numerics, dynamics=GRADIENT_FLOW):
     """The one call to `diffrax.diffeqsolve` in ordinary time, shared by every entry point:
     PID control on the state (W, E), and a terminating event once R − R_min < `stop` (a
     linear network) or ‖∇R‖² < `options.stop_grad_norm_sq` (a network with an activation,
     whose R_min is unknown). `dynamics` gives the vector field and further events (the
-    central flow's entering and leaving the edge, located by a root find). `dt0`: the first
-    step (None: the dynamics' own, or Diffrax's choice)."""
+    central flow's entering and leaving the edge, located by a root find). The first step
+    is the dynamics' own `dt0`, or Diffrax's choice."""
 
     def converged(t, y, args, **kwargs):
         static, problem, _ = args
@@ -114,7 +113,7 @@ def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Num
         SOLVERS[options.solver](),
         t0=t0,
         t1=t1,
-        dt0=dynamics.dt0 if dt0 is None else dt0,
+        dt0=dynamics.dt0,
         y0=y0,
         args=(static, problem, initial),
         saveat=saveat,
@@ -170,7 +169,7 @@ class EventBisection(optx.Bisection):
 
 @eqx.filter_jit
 def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None,
-              dynamics=GRADIENT_FLOW, dt0=None):
+              dynamics=GRADIENT_FLOW):
     """Ordinary-time solve of the state y0 = (W, E) over [t0, t1] (default [ts[0], ts[-1]]),
     with the observables, E and the dynamics' records at `ts` and t1 (save times outside
     [t0, t1] are moved to its ends: `trim` then keeps one of each)."""
@@ -184,7 +183,7 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
         return {**record(inline, y, args, dynamics), **({continued.WEIGHTS: y[0]} if warm else {})}
 
     sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save), stop,
-                      options, dynamics, dt0)
+                      options, dynamics)
     if not warm:
         return sol
     saved = dict(sol.ys[0])

@@ -71,7 +71,7 @@ class Watch:
 
 
 def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: Watch, static, problem):
-    """Run `integrate(y, t0, dt0, numerics)` (a Diffrax solve over [t0, t_max] saving on the
+    """Run `integrate(y, t0, numerics)` (a Diffrax solve over [t0, t_max] saving on the
     grid clipped to [t0, t_max], see `gflow.solver.save_points`) segment after segment,
     until it ends for another reason than the segment's step cap or the solve's own
     `max_steps` is spent.
@@ -84,9 +84,9 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
     y, t0 = y0, t_start
     while True:
         numerics = dataclasses.replace(full, max_steps=min(SEGMENT_STEPS, full.max_steps - stats["num_steps"]))
-        # each segment picks its first step as the first did (dt0 None): passing the last
-        # step instead would compile a second program for every solve longer than a segment
-        sol = integrate(y, t0, None, numerics)
+        # each segment picks its first step as the first does: passing the last step instead
+        # would compile a second program for every solve longer than a segment
+        sol = integrate(y, t0, numerics)
         times, saved = solver.trim(np.asarray(sol.ts[0]), jax.tree.map(np.asarray, sol.ys[0]))
         ends = np.asarray(sol.ts[2])
         step_times.append(ends[np.isfinite(ends)])

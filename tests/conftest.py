@@ -1,4 +1,3 @@
-import gc
 import os
 import shutil
 import tempfile
@@ -21,24 +20,13 @@ def pytest_configure(config):
     compilation.compilation_cache(os.environ["GFLOW_TEST_CACHE"])
 
 
-MAX_MAPPINGS = 30_000
-"""Memory mappings a test process may hold before JAX's caches are cleared (see below)."""
-
-
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
-    """Clear JAX's in-memory caches after a test once this process holds over
-    `MAX_MAPPINGS` memory mappings. Each compiled XLA:CPU program keeps its kernels mapped
-    (a GF solve with the default observables: ~1,200 mappings, measured), so a test worker
-    that compiles a few dozen of them reaches Linux's vm.max_map_count (65,530) and dies
-    inside XLA (SIGABRT/SIGSEGV while compiling or serializing; seen three times late in a
-    full run). Programs needed again are read back from the session's compilation cache."""
+    """After each test, what a solve does before it starts: clear JAX's caches once the
+    process holds too many memory mappings (`compilation.release_if_crowded`). Tests also
+    compile programs outside solves (checks, curvature, GD grids)."""
     yield
-    with open(f"/proc/{os.getpid()}/maps") if os.path.exists("/proc/self/maps") else open(os.devnull) as maps:
-        count = sum(1 for _ in maps)
-    if count > MAX_MAPPINGS:
-        jax.clear_caches()
-        gc.collect()
+    compilation.release_if_crowded()
 
 
 def pytest_unconfigure(config):

@@ -154,3 +154,12 @@ def test_two_saves_are_0_and_t_max():
     """With saves = 2 the one save after t = 0 is t_max, for either spacing (the solve runs to t_max)."""
     for spacing in ("log", "linear"):
         np.testing.assert_array_equal(gflow.FlowOptions(saves=2, t_max=50.0, spacing=spacing).save_times(), [0.0, 50.0])
+
+
+def test_release_if_crowded_clears_compiled_programs_past_the_limit():
+    from gflow import compilation
+
+    f = jax.jit(lambda x: x + 1)
+    f(1.0)
+    assert not compilation.release_if_crowded(limit=10**9) and f._cache_size() == 1
+    assert compilation.release_if_crowded(limit=1) and f._cache_size() == 0

@@ -19,16 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from .. import observables as obs, theory, trajectory
+from .. import compilation, observables as obs, theory, trajectory
 from ..models import DeepLinear, check_input_width, trainable
 from ..problem import Problem
 from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
 from .batching import batch, unbatch_first
 from .scan import (
-    KERNELS,
     GridResult,
     GridSettings,
     InitialQuantities,
+    check_kernel,
     final_quantities,
     grid,
     initial_quantities,
@@ -129,6 +129,7 @@ def run(
         tol=tol, diverge_factor=diverge_factor, diverge_above=diverge_above, lanczos_steps=lanczos_steps,
         kernel=kernel,
     )
+    compilation.release_if_crowded()
     start = _time.perf_counter()
     initial = initial_quantities(plan.params, plan.static, problem, lanczos_steps, initial_sharpness)
     risk0 = np.asarray(initial.risk)
@@ -178,8 +179,7 @@ def _step_sizes(step_sizes) -> np.ndarray:
 
 
 def _check_settings(tol, diverge_factor, diverge_above, lanczos_steps, kernel) -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
+    check_kernel(kernel)
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number ≥ 0; got {tol!r}.")
     if not (isinstance(diverge_factor, int | float) and diverge_factor > 1):

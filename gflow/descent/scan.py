@@ -89,8 +89,7 @@ class GridSettings(eqx.Module):
     kernel: str = eqx.field(static=True, default="fused")
 
     def __check_init__(self):
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}; got {self.kernel!r}.")
+        check_kernel(self.kernel)
 
 
 
@@ -165,6 +164,12 @@ def _diverging(risk, diverge_above):
 
 KERNELS = ("fused", "autodiff")
 """How GD steps compute R and ∇R (see [`GridSettings`][]); "fused" is the default."""
+
+
+def check_kernel(kernel: str) -> None:
+    """A `ValueError` unless `kernel` is one of `KERNELS`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
 
 
 def _recorder(static, problem, initial, diverge_above, observables, record_weights: bool):

@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import linalg
 from .. import observables as obs
-from ..models import DeepLinear, end_to_end, outputs, trainable
+from ..models import DeepLinear, end_to_end, n_trainable, outputs, trainable
 from ..problem import Problem
 
 DENSE_UP_TO = 400
@@ -55,11 +55,6 @@ class Curvature(NamedTuple):
     hessian_norm: float
     n_params: int
     dense: bool
-
-
-def n_trainable(model: DeepLinear) -> int:
-    """P, the number of trainable parameters."""
-    return sum(int(np.size(x)) for x in jax.tree.leaves(eqx.filter(model, trainable(model))))
 
 
 def sharpness(model: DeepLinear, problem: Problem, dense_up_to: int = DENSE_UP_TO) -> float:
