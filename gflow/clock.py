@@ -115,7 +115,7 @@ def integrate_plateau(y0, static, problem, initial, grid, clock, stop, options: 
         y0=(y0, jnp.zeros((), _dtype(y0))),
         args=(static, problem, initial, log_tc),
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol, norm=_clock_norm),
+        stepsize_controller=solver.Controller(rtol=options.rtol, atol=options.atol, norm=_clock_norm),
         event=diffrax.Event(
             (switched, horizon),
             root_finder=optx.Newton(rtol=1e-12, atol=1e-12),

@@ -117,11 +117,30 @@ def diffeqsolve(y0, static, problem, initial, t0, t1, saveat, stop, options: Num
         y0=y0,
         args=(static, problem, initial),
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=options.rtol, atol=options.atol),
+        stepsize_controller=Controller(rtol=options.rtol, atol=options.atol),
         event=_event(converged, dynamics.events()),
         max_steps=options.max_steps,
         throw=False,
     )
+
+
+class Controller(diffrax.PIDController):
+    """Diffrax's PID controller, with a trial step that overflowed rejected and shrunk by
+    `factormin`, as Diffrax does for one whose error is merely infinite.
+
+    Diffrax scales the error by max(|y0|, |y1|): an overflowed trial state (y1 = inf) gives
+    inf/inf = NaN, then a NaN step size, after which every step is rejected until
+    `max_steps` with t stuck. Here a non-finite y1 is replaced by y0 in the scale and a
+    non-finite error counts as infinite. This matters on the first step: Diffrax's
+    automatic one is 0.01 whatever the flow (diffrax 0.7.2 wraps the term before choosing
+    it, so the Hairer–Wanner selection never runs), and a flow of sharpness S ≫ 300
+    overflows there. Measured: a linear MLP of depth 8 at scale 0.6 (S = 1.1e3) never left
+    t = 0 with Diffrax's controller."""
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        y1_candidate = jax.tree.map(lambda a, b: jnp.where(jnp.isfinite(b).all(), b, a), y0, y1_candidate)
+        y_error = jax.tree.map(lambda e: jnp.where(jnp.isfinite(e), e, jnp.inf), y_error)
+        return super().adapt_step_size(t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state)
 
 
 def _event(converged, events: tuple) -> diffrax.Event:

@@ -5,7 +5,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import gflow
-from gflow import flow, models, observables as obs, problem
+from gflow import flow, models, observables as obs, problem, solver
 
 
 def test_paper_size_converges_to_pi_star(paper_run, paper_problem):
@@ -111,6 +111,29 @@ def test_statuses_are_recorded_not_raised(paper_problem, paper_mlp):
     assert short.time.values[-1] == pytest.approx(0.5)
     capped = gflow.solve(paper_mlp, paper_problem, gflow.FlowOptions(t_max=1e4, saves=5, max_steps=3), ("risk",))
     assert capped.attrs["status"] == "max_steps"
+
+
+def test_a_flow_that_overflows_on_the_first_trial_step_still_converges():
+    """Diffrax's automatic first step is 0.01 whatever the flow; at S(0) ≈ 1.1e3 (h·S ≈ 11,
+    past Tsit5's stability limit ≈ 3) the trial state overflows. `solver.Controller` rejects
+    and shrinks that step instead of turning it into a NaN step size that stalls the solve
+    at t = 0 until max_steps (what Diffrax's own controller does)."""
+    prob = problem.gaussian(50, 5, noise=0.0, seed=0)
+    net = models.mlp(jax.random.key(0), models.mlp_widths(5, 8, 5), scale=0.6)
+    ds = gflow.solve(net, prob, gflow.FlowOptions(t_max=1e4, saves=20), ("risk", "sharpness"))
+    assert 0.01 * float(ds.sharpness[0]) > 3
+    assert ds.attrs["status"] == "converged" and ds.attrs["num_steps"] < 1000
+    assert np.all(np.diff(ds.risk.values) <= 1e-12)
+
+
+def test_controller_rejects_an_overflowed_trial_step_and_shrinks_it():
+    controller = solver.Controller(rtol=1e-8, atol=1e-10)
+    y0, y1 = jnp.ones(3), jnp.array([1.0, jnp.inf, 1.0])
+    error = jnp.array([0.0, jnp.inf, jnp.nan])
+    state = (jnp.asarray(1.0), jnp.asarray(1.0), jnp.asarray(False))
+    keep, t0, t1, _, _, _ = controller.adapt_step_size(0.0, 0.01, y0, y1, None, error, 5, state)
+    assert not bool(keep) and float(t0) == 0.0
+    assert float(t1) == pytest.approx(0.01 * controller.factormin)
 
 
 def test_save_times_are_trimmed_after_the_event(paper_run):
