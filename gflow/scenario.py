@@ -190,9 +190,9 @@ class Descent(_Strict):
     `reps` and `gf` are read by `gflow sweep`: `reps` runs seeds seed, seed+1, …
     (one count, or one per step size as in the paper's 80 repetitions at η = 0.2);
     `gf` adds the gradient-flow point η → 0 from every initialization.
-    `central` puts the central flow at every η beside GD (`gflow run` and `gflow sweep`),
-    `modified` the modified-equation flow (`gflow run`): continuous-time models of GD at a
-    finite step size (theory.md §11), integrated over GD's horizon steps·η.
+    `central` puts the central flow at every η beside GD, `modified` the modified-equation
+    flow (`gflow run` and `gflow sweep`): continuous-time models of GD at a finite step size
+    (theory.md §11), integrated over GD's horizon steps·η.
     """
 
     step_sizes: Annotated[list[PositiveFinite], Field(min_length=1)]

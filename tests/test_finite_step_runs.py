@@ -7,6 +7,7 @@ so that every central flow of the session shares one compilation.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import numpy as np
@@ -126,26 +127,41 @@ def test_distance_to_a_flow_matches_the_stored_end_points(run_folder):
 
 
 @pytest.mark.slow
-def test_sweep_has_a_central_flow_point(tmp_path):
-    """Two scales, η = 0.07: GD's final sharpness beside the central flow's prediction, in
-    the Dataset, runs.csv and the sharpness figures."""
+def test_sweep_has_central_and_modified_flow_points(tmp_path):
+    """Two scales, η = 0.07: GD's final sharpness beside the central and the modified flow's
+    predictions, in the Dataset, runs.csv and the sharpness figures."""
     path = write(tmp_path, paper("eos_sweep", """
         [descent]
         step_sizes = [0.07]
         steps = 300
         gf = false
         central = true
+        modified = true
         observables = []
         [sweep]
         "model.init.scale" = [0.3, 0.35]
         """).replace('t_max = 200.0', 't_max = 200.0\nspacing = "linear"'))
     result = sweep.run(path, tmp_path / "out")
     ds = result.dataset
-    assert ds.central_final_sharpness.dims == ("scale", "step_size", "seed")
+    assert ds.central_final_sharpness.dims == ds.modified_final_sharpness.dims == ("scale", "step_size", "seed")
     # scale 0.35 reaches the edge within 300 steps and the flow holds λ₁ at 2/η there; the
     # smaller scale is still below it at t = 21, and no point ever passes it
     final = ds.central_final_sharpness.values
     assert np.all(final <= 2 / 0.07 * (1 + 1e-5))
     np.testing.assert_allclose(ds.central_final_sharpness.sel(scale=0.35).values, 2 / 0.07, rtol=1e-5)
-    assert {"central_status", "central_final_sharpness", "central_final_predicted_risk"} <= set(result.runs.columns)
+    # the modified flow of one point is the flow `gflow.solve` integrates from that network over
+    # GD's horizon 300η (the same program: equal to round-off)
+    point = scen.expand(scen.load(path))[1][1]
+    prob = point.build_problem()
+    opts = dataclasses.replace(point.flow.options(), dynamics="modified", step_size=0.07, t_max=300 * 0.07,
+                               t_first=None, clock="plain")
+    one = gflow.solve(point.build_model(prob.d, seed=0), prob, opts, ["excess_risk", "sharpness"])
+    assert str(ds.modified_status.sel(scale=0.35).values[0, 0]) == one.attrs["status"]
+    np.testing.assert_allclose(ds.modified_final_sharpness.sel(scale=0.35).values[0, 0], float(one.sharpness[-1]),
+                               rtol=1e-10)
+    np.testing.assert_allclose(ds.modified_final_excess_risk.sel(scale=0.35).values[0, 0],
+                               float(one.excess_risk[-1]), rtol=1e-10)
+    columns = set(result.runs.columns)
+    assert {"central_status", "central_final_sharpness", "central_final_predicted_risk"} <= columns
+    assert {"modified_status", "modified_final_sharpness", "modified_final_excess_risk"} <= columns
     assert any("sharpness_vs_scale" in p for p in result.figures)

@@ -45,8 +45,9 @@ def run_chunk(spec: ChunkSpec) -> xr.Dataset:
     data, step = _gd_variables(calls, len(points), etas, steps, seeds, sec.observables)
     if sec.gf:
         data.update(_gf_point(points, nets, prob, seeds, sec.observables))
-    if sec.central:
-        data.update(_central_point(points, nets, prob, seeds, etas, steps))
+    for dynamics in ("central", "modified"):
+        if getattr(sec, dynamics):
+            data.update(_finite_step_point(dynamics, points, nets, prob, seeds, etas, steps))
     attrs = calls[0][2].attrs
     for k in _CONSTANTS:
         data[k] = (("point",), np.full(len(points), float(attrs[k])))
@@ -150,26 +151,30 @@ def _gf_point(points, nets, prob, seeds, gd_observables) -> dict:
     return out
 
 
-def _central_point(points, nets, prob, seeds, etas, steps) -> dict:
-    """The central flow from every initialization at every η, over GD's horizon steps·η,
-    under [flow]'s settings: GD's final sharpness and risk predicted without its steps
-    (theory.md §8). Only the end is kept, but the solve saves on [flow]'s grid: the same
-    program as `gflow run`'s central flows (one compilation per shape, every η and point)."""
+def _finite_step_point(dynamics: str, points, nets, prob, seeds, etas, steps) -> dict:
+    """The central or the modified flow (`dynamics`) from every initialization at every η,
+    over GD's horizon steps·η, under [flow]'s settings: GD's final sharpness and risk
+    predicted without its steps (theory.md §8, §11). Only the end is kept, but the solve
+    saves on [flow]'s grid: the same program as `gflow run`'s flows (one compilation per
+    shape, every η and point). The central flow's sharpness is λ₁ at its end (held at 2/η
+    on the edge), and it adds its predicted risk R + ½⟨X, ∇²R⟩."""
     network = nets[0][seeds[0]]
     names = list(descent.final_quantities(network))
+    central = dynamics == "central"
+    recorded = [*names, "sharpness", "predicted_risk"] if central else [*names, "sharpness"]
     P, E, S = len(points), etas.size, len(seeds)
-    values = {n: np.full((P, E, S), np.nan) for n in [*names, "sharpness", "predicted_risk"]}
+    values = {n: np.full((P, E, S), np.nan) for n in recorded}
     status = np.full((P, E, S), "", object)
     for p, pt in enumerate(points):
         for i, eta in enumerate(etas):
-            options = dataclasses.replace(pt.flow.options(), dynamics="central", step_size=float(eta),
+            options = dataclasses.replace(pt.flow.options(), dynamics=dynamics, step_size=float(eta),
                                           t_max=float(steps[i] * eta), t_first=None, clock="plain")
             for j, s in enumerate(seeds):
-                ds = flow.solve(nets[p][s], prob, options, names)
+                ds = flow.solve(nets[p][s], prob, options, names if central else [*names, "sharpness"])
                 status[p, i, j] = ds.attrs["status"]
                 for n in values:
-                    values[n][p, i, j] = float(ds["edge_sharpness" if n == "sharpness" else n].values[-1])
+                    values[n][p, i, j] = float(ds["edge_sharpness" if central and n == "sharpness" else n].values[-1])
     dims = ("point", "step_size", "seed")
-    out = {"central_status": (dims, status.astype(str))}
-    out.update({f"central_final_{n}": (dims, v) for n, v in values.items()})
+    out = {f"{dynamics}_status": (dims, status.astype(str))}
+    out.update({f"{dynamics}_final_{n}": (dims, v) for n, v in values.items()})
     return out

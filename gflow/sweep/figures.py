@@ -23,6 +23,8 @@ import xarray as xr
 from .. import plots
 
 _INIT_KEYS = ("model.init.scale", "model.init.s")
+FINITE_STEP_FLOWS = (("central", "x"), ("modified", "+"))
+"""The flows a sweep may put beside GD at each η (`[descent] central`, `modified`), and their markers."""
 
 def _quartiles(v: np.ndarray):
     """Median and quartiles over the last axis, ignoring NaN (all-NaN → NaN)."""
@@ -105,9 +107,10 @@ def sharpness_vs_init(ds: xr.Dataset, x: str):
     for i, eta in enumerate(ds.step_size.values):
         s = sub.isel(step_size=i)
         _band(ax, xv, _where(s, "final_sharpness"), _color(i), f"after GD, η = {eta:g}")
-        if "central_final_sharpness" in ds:  # GD's final sharpness predicted by the central flow (theory.md §8)
-            _band(ax, xv, _where(s, "central_final_sharpness", "central_status"), _color(i),
-                  f"central flow, η = {eta:g}", marker="x", ls=":")
+        for flow_name, marker in FINITE_STEP_FLOWS:  # GD's final sharpness predicted by a flow (theory.md §8)
+            if f"{flow_name}_final_sharpness" in ds:
+                _band(ax, xv, _where(s, f"{flow_name}_final_sharpness", f"{flow_name}_status"), _color(i),
+                      f"{flow_name} flow, η = {eta:g}", marker=marker, ls=":")
         ax.axhline(2 / eta, color=_color(i), ls="--", lw=0.8)
     _band(ax, xv, sub.initial_sharpness.values, "0.5", "at initialization", marker="s")
     if "gf_final_sharpness" in ds:
@@ -185,9 +188,10 @@ def step_size_figures(ds: xr.Dataset, grid: Sequence[str]) -> dict:
         _band(ax, etas, _where(sub, "final_sharpness"), color, label)
         if "gf_final_sharpness" in sub:
             _gf_marker(ax, x0, _where(sub, "gf_final_sharpness", "gf_status"), color)
-        if "central_final_sharpness" in sub:  # predicted by the central flow (theory.md §8)
-            _band(ax, etas, _where(sub, "central_final_sharpness", "central_status"), color,
-                  f"{label}: central flow", marker="x", ls=":")
+        for flow_name, marker in FINITE_STEP_FLOWS:  # predicted by a flow (theory.md §8)
+            if f"{flow_name}_final_sharpness" in sub:
+                _band(ax, etas, _where(sub, f"{flow_name}_final_sharpness", f"{flow_name}_status"), color,
+                      f"{label}: {flow_name} flow", marker=marker, ls=":")
         ax.axhline(float(sub.S_lower), color=color, ls=":", lw=1)
         ax = figs["distance_vs_step_size"][1]
         _band(ax, etas, _end_values(sub, gd_var), color, label)
