@@ -98,7 +98,7 @@ def _check(args) -> int:
     problem = None
     source = os.path.join(args.folder, "scenario.toml")
     if os.path.isfile(source):
-        problem = scen.load(source).validate_inputs()[0]
+        problem = scen.load(source, base_dir=ds.attrs.get("scenario_dir") or None).validate_inputs()[0]
     checks = theory.check(ds, problem)
     if gd is not None:
         checks += theory.check(gd, problem)

@@ -115,7 +115,9 @@ def execute(
         else f"the {scenario.flow.dynamics} flow at η = {scenario.flow.step_size:g}"
     progress.stage(f"{scenario.name}: integrating {what} (L = {model.depth}, {scenario.flow.solver})")
     ds = flow.solve(model, problem, scenario.flow.options(), scenario.record.observables, progress=progress.note)
-    ds.attrs.update(scenario=scenario.name, seed=scenario.seed)
+    # the folder the scenario's relative data and weight paths were read from: `gflow check`
+    # reads them from there again (the run folder holds a copy of the scenario, not the files)
+    ds.attrs.update(scenario=scenario.name, seed=scenario.seed, scenario_dir=scenario.folder() or "")
     progress(
         f"{scenario.name}: {ds.attrs['status']} at t = {ds.attrs['t_final']:.3g} "
         f"in {ds.attrs['num_steps']} steps ({ds.attrs['wall_time_s']:.2f} s)"

@@ -231,6 +231,9 @@ class Scenario(_Strict):
     descent: Descent | None = None
     sweep: dict[str, list[Any]] | None = None
     source: str | None = Field(default=None, exclude=True)
+    base_dir: str | None = Field(default=None, exclude=True)
+    """The folder that relative data and weight paths are read from: the scenario file's
+    own folder unless given (a run folder's copy is read from the original's folder)."""
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -291,10 +294,16 @@ class Scenario(_Strict):
         return model
 
     def _resolve(self, path: str) -> str:
-        """Paths in a scenario are relative to the scenario file."""
-        if os.path.isabs(path) or self.source is None:
+        """Paths in a scenario are relative to the scenario file (or to `base_dir`)."""
+        if os.path.isabs(path) or (self.source is None and self.base_dir is None):
             return path
-        return os.path.join(os.path.dirname(os.path.abspath(self.source)), path)
+        return os.path.join(self.base_dir or os.path.dirname(os.path.abspath(self.source)), path)
+
+    def folder(self) -> str | None:
+        """The absolute folder relative paths are read from (None: the working directory)."""
+        if self.base_dir is None and self.source is None:
+            return None
+        return os.path.abspath(self.base_dir or os.path.dirname(os.path.abspath(self.source)))
 
     def validate_inputs(self) -> tuple[Problem, DeepLinear]:
         """Build data and model, turning every data/shape problem into a ScenarioError."""
@@ -332,18 +341,20 @@ def _format(error: pydantic.ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(dict.fromkeys(parts))
 
 
-def from_dict(raw: dict, source: str | None = None) -> Scenario:
-    """Validate a scenario given as a dict (as read from TOML)."""
+def from_dict(raw: dict, source: str | None = None, base_dir: str | None = None) -> Scenario:
+    """Validate a scenario given as a dict (as read from TOML); relative paths in it are
+    read from `base_dir`, else from the folder of `source`."""
     where = source or "scenario"
     try:
-        scenario = Scenario.model_validate({**raw, "source": source})
+        scenario = Scenario.model_validate({**raw, "source": source, "base_dir": base_dir})
     except pydantic.ValidationError as e:
         raise ScenarioError(_format(e, where)) from None
     return scenario
 
 
-def load(path: str | os.PathLike) -> Scenario:
-    """Read and validate a TOML scenario file."""
+def load(path: str | os.PathLike, base_dir: str | None = None) -> Scenario:
+    """Read and validate a TOML scenario file (relative paths in it are read from
+    `base_dir`, default the file's own folder)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -354,7 +365,7 @@ def load(path: str | os.PathLike) -> Scenario:
         raise ScenarioError(f"{path}: is a folder, not a scenario file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{path}: not a valid TOML file ({e})") from None
-    return from_dict(raw, source=path)
+    return from_dict(raw, source=path, base_dir=base_dir)
 
 
 def expand(scenario: Scenario) -> list[tuple[dict[str, Any], Scenario]]:
@@ -379,7 +390,7 @@ def expand(scenario: Scenario) -> list[tuple[dict[str, Any], Scenario]]:
                 node = node[part]
             node[last] = value
         overrides = dict(zip(keys, values))
-        runs.append((overrides, from_dict(run, scenario.source)))
+        runs.append((overrides, from_dict(run, scenario.source, scenario.base_dir)))
     return runs
 
 

@@ -111,6 +111,30 @@ def test_bad_files_exit_2(tmp_path, capsys):
     assert "inputs of size 4" in _bad(tmp_path, capsys, write(tmp_path, weights))
 
 
+@pytest.mark.slow
+def test_check_reads_relative_data_and_weights_from_the_scenarios_folder(tmp_path, monkeypatch):
+    """A run folder holds a copy of the scenario, not its files: `gflow check` reads relative
+    data and weight paths from the original scenario's folder (recorded in trajectory.nc),
+    from any working directory, and finds what `gflow run` found."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(inputs / "d.npz", X=rng.standard_normal((20, 3)), y=rng.standard_normal(20))
+    np.savez(inputs / "w.npz", W1=0.5 * rng.standard_normal((3, 3)), W2=0.5 * rng.standard_normal((3, 3)),
+             W3=0.5 * rng.standard_normal((1, 3)))
+    text = SMALL.replace('kind = "gaussian"\nn = 20\nd = 3', 'kind = "file"\npath = "d.npz"').replace(
+        "depth = 3\nwidth = 3\n", "").replace('init = { kind = "small_scale", scale = 0.5 }',
+                                               'init = { kind = "file", path = "w.npz" }')
+    out = tmp_path / "runs" / "r"
+    assert cli.main(["run", write(inputs, text), "--out", str(out), "--quiet"]) == 0
+    ran = json.loads((out / "checks.json").read_text())["checks"]
+    assert trajectory.load(out / "trajectory.nc").attrs["scenario_dir"] == str(inputs)
+    monkeypatch.chdir(tmp_path / "runs")
+    assert cli.main(["check", "r"]) == 0
+    checked = json.loads((out / "checks.json").read_text())["checks"]
+    assert [(c["name"], c["verdict"]) for c in checked] == [(c["name"], c["verdict"]) for c in ran]
+
+
 def test_existing_output_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
