@@ -33,7 +33,9 @@ def test_first_layer_gradient_identity(model, paper_problem):
     assert float(jnp.sum(g1**2)) == pytest.approx(float((r @ r) * (g @ g)), rel=1e-12)
 
 
-def test_per_layer_spectral_observables_match_numpy(model, paper_problem):
+@pytest.mark.parametrize("widths", [[5, 6, 4, 4, 1], [5, 5, 5, 5, 3, 3, 1]])  # blocks of 1 layer; of 3 and 2
+def test_per_layer_spectral_observables_match_numpy(widths, paper_problem):
+    model = models.mlp(jax.random.key(7), widths, 0.6)
     layers = [np.asarray(w) for w in model.layers()]
     svals = [np.linalg.svd(w, compute_uv=False) for w in layers]
     np.testing.assert_allclose(obs.singular_values(model, paper_problem), [s[0] for s in svals], rtol=1e-12)
