@@ -293,17 +293,16 @@ class Scenario(_Strict):
         models.check_input_width(model, d)
         return model
 
-    def _resolve(self, path: str) -> str:
-        """Paths in a scenario are relative to the scenario file (or to `base_dir`)."""
-        if os.path.isabs(path) or (self.source is None and self.base_dir is None):
-            return path
-        return os.path.join(self.base_dir or os.path.dirname(os.path.abspath(self.source)), path)
-
     def folder(self) -> str | None:
-        """The absolute folder relative paths are read from (None: the working directory)."""
+        """The absolute folder relative paths are read from: `base_dir`, else the scenario
+        file's folder (None for a scenario built from a dict: the working directory)."""
         if self.base_dir is None and self.source is None:
             return None
         return os.path.abspath(self.base_dir or os.path.dirname(os.path.abspath(self.source)))
+
+    def _resolve(self, path: str) -> str:
+        base = self.folder()
+        return path if os.path.isabs(path) or base is None else os.path.join(base, path)
 
     def validate_inputs(self) -> tuple[Problem, DeepLinear]:
         """Build data and model, turning every data/shape problem into a ScenarioError."""
