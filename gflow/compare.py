@@ -28,6 +28,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from . import descent, flow, observables as obs
+from .dynamics import FINITE_STEP
 from .models import DeepLinear, end_to_end, trainable
 from .plots.descent import (
     distance_to_flow_figure,
@@ -59,9 +60,6 @@ __all__ = [
     "summary_table",
 ]
 
-
-FINITE_STEP = ("modified", "central")
-"""The continuous-time models of GD at a finite step size that can stand beside it."""
 
 
 # --- distance to the flow ----------------------------------------------------------------

@@ -32,6 +32,10 @@ from . import observables as obs
 DYNAMICS = ("gradient_flow", "modified", "central")
 """The flows `gflow.flow.FlowOptions.dynamics` chooses between."""
 
+FINITE_STEP = DYNAMICS[1:]
+"""The continuous-time models of GD at a finite step size that can stand beside it
+(`[descent] modified`, `central`)."""
+
 MODIFIED_RISK = "modified_excess_risk"
 """R̃ − R_min = (R − R_min) + (η/4)‖∇R‖², recorded along the modified flow (R̃ itself for a
 network with an activation, whose R_min is unknown)."""

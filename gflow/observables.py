@@ -284,13 +284,8 @@ def rank_one_gap(model, problem):
 def alignment(model, problem):
     """⟨v_{k+1}, u_k⟩²: top right vector of W_{k+1} against top left vector of W_k (each
     layer's top vectors computed once, not once per interface it borders)."""
-    vectors = [jax.vmap(linalg.top_singular_triplet)(b)[1:] for b in model.weight_blocks()]
-    parts = []  # in interface order, as `interface_groups`: within a block, then to the next
-    for i, (u, v) in enumerate(vectors):
-        if u.shape[0] > 1:
-            parts.append(jnp.sum(v[1:] * u[:-1], axis=-1) ** 2)
-        if i + 1 < len(vectors):
-            parts.append(jnp.sum(vectors[i + 1][1][:1] * u[-1:], axis=-1) ** 2)
+    lefts, rights = zip(*[jax.vmap(linalg.top_singular_triplet)(b)[1:] for b in model.weight_blocks()])
+    parts = interface_groups(lambda u_lower, u_upper, v_lower, v_upper: (v_upper @ u_lower) ** 2, lefts, rights)
     return jnp.concatenate(parts) if parts else jnp.zeros((0,))
 
 

@@ -17,6 +17,7 @@ import xarray as xr
 from .. import descent, flow
 from .. import observables as obs
 from .. import scenario as scen
+from ..dynamics import FINITE_STEP
 from .gf import gf_point
 from .plan import ChunkSpec
 
@@ -45,7 +46,7 @@ def run_chunk(spec: ChunkSpec) -> xr.Dataset:
     data, step = _gd_variables(calls, len(points), etas, steps, seeds, sec.observables)
     if sec.gf:
         data.update(_gf_point(points, nets, prob, seeds, sec.observables))
-    for dynamics in ("central", "modified"):
+    for dynamics in FINITE_STEP:
         if getattr(sec, dynamics):
             data.update(_finite_step_point(dynamics, points, nets, prob, seeds, etas, steps))
     attrs = calls[0][2].attrs
