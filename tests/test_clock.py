@@ -213,3 +213,18 @@ def test_moderate_inits_keep_the_plain_clock(prob, paper_mlp):
 def test_bad_clock_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         gflow.FlowOptions(**kwargs)
+
+
+def test_each_phase_compiles_one_solve_for_both_passes():
+    """The two passes of a phase (locate its end, then save along it) run one compiled
+    program: their save grids must have the same type, not one weakly typed (measured: the
+    second trace and compilation doubled the cost of an arc-length solve)."""
+    from gflow import solver
+
+    prob = problem.gaussian(17, 3, seed=4)  # shapes no other test compiles
+    net = models.mlp(jax.random.key(4), models.mlp_widths(3, 3, 3), 0.5)
+    programs = [clock.integrate_plateau._cached, solver.integrate._cached]
+    before = [p._cache_size() for p in programs]
+    ds = flow.solve(net, prob, gflow.FlowOptions(t_max=1e4, saves=6, clock="arclength"), ["risk"])
+    assert ds.attrs["clock"] == "arclength" and np.isfinite(ds.attrs["t_switch"])
+    assert [p._cache_size() - b for p, b in zip(programs, before)] == [1, 1]
