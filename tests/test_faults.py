@@ -8,6 +8,7 @@ the marker comes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -101,11 +102,26 @@ def _no_process_outlives_its_test():
             proc.wait()
 
 
+@contextlib.contextmanager
+def _foreground_sigint():
+    """Start children with SIGINT at its default, as a terminal's foreground job has it. A
+    shell starts a background job (`make test &`) with SIGINT ignored, and children inherit
+    that; Python then installs no KeyboardInterrupt handler, and a test that sends Ctrl-C
+    would wait for an exit that never comes. (Set in this process around the start rather
+    than in the child: `preexec_fn` forks a multithreaded JAX process.)"""
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def start(env, *args, pause=None, umask=0o022):
     """`gflow ARGS` in a subprocess, pausing at `pause` (a `gflow.files.pause_point` stage)."""
     env = dict(env, **({"GFLOW_TEST_PAUSE_AT": pause} if pause else {}))
-    proc = subprocess.Popen([sys.executable, "-m", "gflow", *map(str, args)], env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=umask)
+    with _foreground_sigint():
+        proc = subprocess.Popen([sys.executable, "-m", "gflow", *map(str, args)], env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=umask)
     _STARTED.append(proc)
     return proc
 
@@ -125,12 +141,18 @@ def wait_for(proc, marker, timeout=300) -> str:
     raise AssertionError(f"{marker!r} never came (exit {proc.wait()}): {''.join(lines)}")
 
 
-def kill(proc, sig=signal.SIGKILL) -> tuple[int, str]:
-    """Send `sig`, wait for the end; the exit status and the rest of stderr."""
+def kill(proc, sig=signal.SIGKILL, timeout=60) -> tuple[int, str]:
+    """Send `sig`, wait for the end; the exit status and the rest of stderr. A process still
+    alive after `timeout` s is killed (exit −9), so a signal it ignores fails the test."""
     proc.send_signal(sig)
-    rest = proc.stderr.read()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        rest = proc.stderr.read()
+    finally:
+        timer.cancel()
     proc.stderr.close()
-    return proc.wait(timeout=60), rest
+    return proc.wait(), rest
 
 
 def finish(env, *args, umask=0o022):
@@ -538,9 +560,10 @@ def test_ctrl_c_stops_a_sweep_mid_chunk_and_a_rerun_resumes(tmp_path, env, where
     scenario = write(tmp_path, SLOW_SWEEP)
     out = tmp_path / "out"
     extra = ["--workers", "1"] if where == "dask" else []
-    proc = subprocess.Popen([sys.executable, "-m", "gflow", "sweep", scenario, "--out", str(out), "--quiet", *extra],
-                            env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    with _foreground_sigint():
+        proc = subprocess.Popen([sys.executable, "-m", "gflow", "sweep", scenario, "--out", str(out), "--quiet",
+                                 *extra], env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
     _STARTED.append(proc)
     deadline = time.monotonic() + 600
     while not _recorded(out):  # the first chunk written and its checksum in sweep.json
