@@ -190,8 +190,8 @@ def _phase2(final, static, problem, model, horizon, n2, stop, numerics, observab
     the second saves log-spaced up to it). Returns (τ saves, values, final, status, stats,
     τ_end, first-pass steps)."""
     h, zero = jnp.asarray(horizon), jnp.asarray(0.0)
-    first = solver.integrate(final, static, problem, model, _grid(np.full(n2, horizon)), stop, numerics, observables, zero,
-                             h)
+    past_the_end = _grid(np.full(n2, horizon))
+    first = solver.integrate(final, static, problem, model, past_the_end, stop, numerics, observables, zero, h)
     t_end = float(_first(first.ts[1]))
     if not (np.isfinite(t_end) and t_end > 0):
         t_end = horizon
@@ -222,8 +222,8 @@ def solve_arclength(y0, static, problem, model, options, observables):
 
     # Phase 1, pass 1 (looser tolerance): where is the switch? Every save point lies at
     # σ_max, past the end, so nothing is recorded (the same compiled solve as pass 2).
-    first = integrate_plateau(y0, static, problem, model, _grid(np.full(n1, float(clock[2]))), clock, stop, rough,
-                              observables)
+    past_the_end = _grid(np.full(n1, float(clock[2])))
+    first = integrate_plateau(y0, static, problem, model, past_the_end, clock, stop, rough, observables)
     grid = _save_grid(first, n1)
     # Phase 1, pass 2 (the run itself, at the requested tolerance): record on the grid.
     sol1 = integrate_plateau(y0, static, problem, model, _grid(grid), clock, stop, numerics, observables)
