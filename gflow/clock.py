@@ -143,13 +143,6 @@ def _log1p_ratio(t: float, t_c: float) -> float:
     return math.log(t) - math.log(t_c) + math.log1p(t_c / t)
 
 
-def _grid(times) -> jax.Array:
-    """Save times as a float64 array that is not weakly typed, whatever built them: the two
-    passes of a phase then share one compiled solve (a weak-typed grid in one pass and a
-    strong one in the other were two traces and two compilations)."""
-    return jnp.asarray(np.asarray(times, np.float64), jnp.float64)
-
-
 def _first(x):
     """The first (only) save of a `SubSaveAt(t1=True)`, as a float or array."""
     return np.asarray(x)[0]
@@ -190,13 +183,13 @@ def _phase2(final, static, problem, model, horizon, n2, stop, numerics, observab
     the second saves log-spaced up to it). Returns (τ saves, values, final, status, stats,
     τ_end, first-pass steps)."""
     h, zero = jnp.asarray(horizon), jnp.asarray(0.0)
-    past_the_end = _grid(np.full(n2, horizon))
+    past_the_end = solver.as_save_times(np.full(n2, horizon))
     first = solver.integrate(final, static, problem, model, past_the_end, stop, numerics, observables, zero, h)
     t_end = float(_first(first.ts[1]))
     if not (np.isfinite(t_end) and t_end > 0):
         t_end = horizon
-    ts = np.geomspace(t_end * 1e-4, t_end, n2) if n2 > 1 else np.array([t_end])
-    sol = solver.integrate(final, static, problem, model, _grid(ts), stop, numerics, observables, zero, h)
+    ts = solver.as_save_times(np.geomspace(t_end * 1e-4, t_end, n2) if n2 > 1 else [t_end])
+    sol = solver.integrate(final, static, problem, model, ts, stop, numerics, observables, zero, h)
     saved, final2 = (jax.tree.map(np.asarray, y) for y in sol.ys[:2])
     times, values = solver.trim(np.asarray(sol.ts[0]), saved)
     values[solver.STEPS] = solver.steps_before(sol.ts[2], times)
@@ -222,11 +215,11 @@ def solve_arclength(y0, static, problem, model, options, observables):
 
     # Phase 1, pass 1 (looser tolerance): where is the switch? Every save point lies at
     # σ_max, past the end, so nothing is recorded (the same compiled solve as pass 2).
-    past_the_end = _grid(np.full(n1, float(clock[2])))
+    past_the_end = solver.as_save_times(np.full(n1, float(clock[2])))
     first = integrate_plateau(y0, static, problem, model, past_the_end, clock, stop, rough, observables)
     grid = _save_grid(first, n1)
     # Phase 1, pass 2 (the run itself, at the requested tolerance): record on the grid.
-    sol1 = integrate_plateau(y0, static, problem, model, _grid(grid), clock, stop, numerics, observables)
+    sol1 = integrate_plateau(y0, static, problem, model, solver.as_save_times(grid), clock, stop, numerics, observables)
     (obs_saved, u_saved), (final1, u_fin) = (jax.tree.map(np.asarray, y) for y in sol1.ys[:2])
     sigma, saved = solver.trim(np.asarray(sol1.ts[0]), {"obs": obs_saved, "u": u_saved})
     t_local, values = t_c * np.expm1(saved["u"]), saved["obs"]

@@ -283,7 +283,7 @@ def solve(
 def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, dynamics, report=None):
     """One solve in ordinary time, in segments (`gflow.watch`: progress and stiffness reported
     to `report`); returns what `clock.solve_arclength` returns."""
-    ts = jnp.asarray(options.save_times())
+    ts = solver.as_save_times(options.save_times())
     stop = jnp.asarray(options.stop_at_excess_risk)
 
     def integrate(y, t0, numerics):

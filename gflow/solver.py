@@ -218,6 +218,14 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
     return eqx.tree_at(lambda s: s.ys, sol, (saved, *sol.ys[1:]))
 
 
+def as_save_times(times) -> jax.Array:
+    """Save times as they enter a compiled solve: a float64 array that is never weakly typed,
+    however it was built. A weak-typed grid (`jnp.full(n, jnp.asarray(t))`) is another input
+    type to JAX than a NumPy-built one: two solves that should share a program would each be
+    traced and compiled (the two passes of an arc-length phase were, until this was used)."""
+    return jnp.asarray(times, jnp.float64)
+
+
 def save_points(grid, save) -> diffrax.SaveAt:
     """`save(t, y, args)` at the times `grid` and at the end (one sub, so the observables
     are traced and compiled once), the final state itself, and the time of every accepted

@@ -102,42 +102,47 @@ def _no_process_outlives_its_test():
             proc.wait()
 
 
-@contextlib.contextmanager
-def _foreground_sigint():
-    """Start children with SIGINT at its default, as a terminal's foreground job has it. A
-    shell starts a background job (`make test &`) with SIGINT ignored, and children inherit
-    that; Python then installs no KeyboardInterrupt handler, and a test that sends Ctrl-C
-    would wait for an exit that never comes. (Set in this process around the start rather
-    than in the child: `preexec_fn` forks a multithreaded JAX process.)"""
+def start(env, *args, pause=None, umask=0o022, new_session=False):
+    """`gflow ARGS` in a subprocess, pausing at `pause` (a `gflow.files.pause_point` stage);
+    `new_session`: in a process group of its own (for a Ctrl-C sent to the group).
+
+    The child starts with SIGINT at its default, as a terminal's foreground job has it: a
+    shell starts a background job (`make test &`) with SIGINT ignored, children inherit that,
+    Python then installs no KeyboardInterrupt handler, and a test that sends Ctrl-C would
+    wait for an exit that never comes. It is set here around the start, not in the child
+    (`preexec_fn` would fork a multithreaded JAX process)."""
+    env = dict(env, **({"GFLOW_TEST_PAUSE_AT": pause} if pause else {}))
     previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        yield
+        proc = subprocess.Popen([sys.executable, "-m", "gflow", *map(str, args)], env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=umask,
+                                start_new_session=new_session)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def start(env, *args, pause=None, umask=0o022):
-    """`gflow ARGS` in a subprocess, pausing at `pause` (a `gflow.files.pause_point` stage)."""
-    env = dict(env, **({"GFLOW_TEST_PAUSE_AT": pause} if pause else {}))
-    with _foreground_sigint():
-        proc = subprocess.Popen([sys.executable, "-m", "gflow", *map(str, args)], env=env, text=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=umask)
     _STARTED.append(proc)
     return proc
 
 
+@contextlib.contextmanager
+def killed_after(proc, seconds: float):
+    """Kill `proc` if the `with` block is still running after `seconds`: a read of its stderr
+    then ends (at EOF) instead of blocking for good."""
+    timer = threading.Timer(seconds, proc.kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def wait_for(proc, marker, timeout=300) -> str:
     """Read `proc`'s stderr until a line holds `marker`; what was read."""
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
     lines = []
-    try:
+    with killed_after(proc, timeout):
         for line in proc.stderr:
             lines.append(line)
             if marker in line:
                 return "".join(lines)
-    finally:
-        timer.cancel()
     raise AssertionError(f"{marker!r} never came (exit {proc.wait()}): {''.join(lines)}")
 
 
@@ -145,12 +150,8 @@ def kill(proc, sig=signal.SIGKILL, timeout=60) -> tuple[int, str]:
     """Send `sig`, wait for the end; the exit status and the rest of stderr. A process still
     alive after `timeout` s is killed (exit −9), so a signal it ignores fails the test."""
     proc.send_signal(sig)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
+    with killed_after(proc, timeout):
         rest = proc.stderr.read()
-    finally:
-        timer.cancel()
     proc.stderr.close()
     return proc.wait(), rest
 
@@ -560,11 +561,7 @@ def test_ctrl_c_stops_a_sweep_mid_chunk_and_a_rerun_resumes(tmp_path, env, where
     scenario = write(tmp_path, SLOW_SWEEP)
     out = tmp_path / "out"
     extra = ["--workers", "1"] if where == "dask" else []
-    with _foreground_sigint():
-        proc = subprocess.Popen([sys.executable, "-m", "gflow", "sweep", scenario, "--out", str(out), "--quiet",
-                                 *extra], env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-    _STARTED.append(proc)
+    proc = start(env, "sweep", scenario, "--out", out, "--quiet", *extra, new_session=True)
     deadline = time.monotonic() + 600
     while not _recorded(out):  # the first chunk written and its checksum in sweep.json
         assert proc.poll() is None, proc.stderr.read()
