@@ -73,8 +73,10 @@ def in_process(grid):
 
 @pytest.fixture(scope="module")
 def slow_grid(tmp_path_factory):
-    """Chunks long enough (about a second each) that some are in flight when one ends."""
-    return _grid(tmp_path_factory, 60000)
+    """Chunks long enough (about a second each on 2 cores) that, when the first result
+    reaches the driver, four are still to run: 60,000 steps (0.3 s a chunk with the fused
+    GD kernel) sometimes let every chunk finish before the driver saw the first one."""
+    return _grid(tmp_path_factory, 250000)
 
 
 @pytest.fixture(scope="module")
