@@ -81,9 +81,12 @@ def block_lanczos(matvec: Callable[[Array], Array], start: Float[Array, "b P"], 
         V, HV = carry
         source = jnp.where(j < b, start[jnp.minimum(j, b - 1)], HV[jnp.maximum(j - b, 0)])
         w = _orthogonalize(V, source)[0]
-        fresh = _orthogonalize(V, jax.random.normal(jax.random.fold_in(key, j), (dim,), start.dtype))[0]
         scale = jnp.linalg.norm(source) + jnp.finfo(start.dtype).tiny
-        w = jnp.where(jnp.linalg.norm(w) > 1e-10 * scale, w, fresh)
+
+        def fresh(_):  # drawn only when needed: the draw costs more than a product
+            return _orthogonalize(V, jax.random.normal(jax.random.fold_in(key, j), (dim,), start.dtype))[0]
+
+        w = jax.lax.cond(jnp.linalg.norm(w) > 1e-10 * scale, lambda _: w, fresh, None)
         v = w / jnp.linalg.norm(w)
         return V.at[j].set(v), HV.at[j].set(matvec(v))
 
