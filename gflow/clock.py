@@ -19,6 +19,7 @@ import numpy as np
 import optimistix as optx
 
 from . import observables as obs, solver
+from .compilation import trace_once
 from .models import DeepLinear, trainable
 from .problem import Problem
 
@@ -107,7 +108,7 @@ def integrate_plateau(y0, static, problem, initial, grid, clock, stop, options: 
 
     saveat = solver.save_points(grid, lambda s, y, args: (solver.record(observables, y[0], args[:3]), y[1]))
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(solver.trace_once(plateau_field)),
+        diffrax.ODETerm(trace_once(plateau_field)),
         solver.SOLVERS[options.solver](),
         t0=0.0,
         t1=s_max,

@@ -17,6 +17,7 @@ import numpy as np
 import optimistix as optx
 
 from . import continued, observables as obs
+from .compilation import trace_once
 from .dynamics import GradientFlow
 from .models import end_to_end
 
@@ -73,14 +74,6 @@ GRADIENT_FLOW = GradientFlow()
 
 vector_field = GRADIENT_FLOW.field
 """Gradient flow's vector field on the state y = (W, E) (the rest of the model in `args`)."""
-
-
-def trace_once(fn):
-    """`fn`, traced once per signature however often Diffrax calls it while tracing a solve
-    (a vector field 5 times, a save function 6: shapes, first step, loop body, end), then
-    inlined: the compiled program is the same, bit for bit, and tracing a solve whose
-    saves hold a Lanczos eigensolver (the arc-length clock) is 4-5 s shorter, measured."""
-    return eqx.filter_jit(fn, inline=True)
 
 
 def initial_state(params):
@@ -153,11 +146,21 @@ class Controller(diffrax.PIDController):
 
 def _event(converged, events: tuple) -> diffrax.Event:
     """Convergence, and the dynamics' own events: real-valued conditions that end the solve
-    when they cross zero upwards, at the crossing found by [`EventBisection`][]."""
+    when they cross zero upwards, at the crossing found by [`EventBisection`][]. Each is
+    traced once ([`trace_once`][]): Diffrax calls a condition at the start, twice in the
+    loop body and in the root find, and the central flow's holds an eigensolver."""
+    converged, *events = (_condition(c) for c in (converged, *events))
     if not events:
         return diffrax.Event(converged)
     return diffrax.Event((converged, *events), root_finder=EventBisection(rtol=1e-13, atol=1e-13),
                          direction=(None, *[True] * len(events)))
+
+
+def _condition(fn):
+    """The event condition `fn(t, y, args)` under [`trace_once`][], with the keyword
+    arguments Diffrax passes (its terms, solver, …) dropped: none of gflow's reads them."""
+    traced = trace_once(fn)
+    return lambda t, y, args, **kwargs: traced(t, y, args)
 
 
 class EventBisection(optx.Bisection):

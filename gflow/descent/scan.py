@@ -22,6 +22,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import linalg, observables as obs
+from ..compilation import trace_once
 from ..models import DeepLinear, end_to_end
 from ..problem import Problem
 from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
@@ -270,7 +271,7 @@ def descend(
     half = steps // 2
     advance, start, weights = _stepper(params, static, problem, step_size, diverge_above, half,
                                        kernel=kernel, track_balance=track_balance)
-    record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
+    record = trace_once(_recorder(static, problem, initial, diverge_above, observables, record_weights))
 
     def chunk(carry, _):
         carry = advance(carry, record_every)
@@ -281,7 +282,7 @@ def descend(
     track = BalanceTracker.start(initial) if track_balance else None
     carry = (start, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
     one_record = lambda rec: jax.tree.map(lambda x: x[None], rec)  # noqa: E731
-    parts = [one_record(record(params, 0, -1, track))]
+    parts = [one_record(record(params, *carry[1:3], track))]  # k, div typed as in the loop: one trace
     carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
     parts.append(recs)
     if rest:
