@@ -15,8 +15,8 @@ def trace_once(fn):
     """`fn`, traced once per signature however often it is called while an enclosing
     program is traced, then inlined: the compiled program is the same, bit for bit. Diffrax
     calls a vector field 5 times, a save function 6 and an event condition 5 (shapes, first
-    step, loop body, root find, end); GD records its observables at step 0, in the loop and
-    at the end. Where these hold a Lanczos eigensolver, that is seconds of tracing."""
+    step, loop body, root find, end). Where these hold a Lanczos eigensolver, that is
+    seconds of tracing."""
     return eqx.filter_jit(fn, inline=True)
 
 

@@ -13,6 +13,7 @@ and traced; validation and the Dataset live in `gflow.descent.run`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import equinox as eqx
@@ -22,7 +23,6 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .. import linalg, observables as obs
-from ..compilation import trace_once
 from ..models import DeepLinear, end_to_end
 from ..problem import Problem
 from ..trajectory import BALANCE_RESIDUAL, MAX_WEIGHT_SQ
@@ -271,28 +271,27 @@ def descend(
     half = steps // 2
     advance, start, weights = _stepper(params, static, problem, step_size, diverge_above, half,
                                        kernel=kernel, track_balance=track_balance)
-    record = trace_once(_recorder(static, problem, initial, diverge_above, observables, record_weights))
+    record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
 
-    def chunk(carry, _):
-        carry = advance(carry, record_every)
+    # One loop makes every record, so the observables (a Lanczos eigensolver each, for
+    # sharpness) are compiled once: it advances 0 steps before the record at step 0,
+    # `record_every` before the next ones, and the remainder before the last.
+    n_chunks, rest = divmod(steps, record_every)
+    lengths = (0, record_every, rest) if rest else (0, record_every)
+    branches = [functools.partial(advance, length=n) if n else (lambda carry: carry) for n in lengths]
+    which = jnp.asarray([0] + [1] * n_chunks + ([2] if rest else []), jnp.int32)  # a branch per record
+
+    def chunk(carry, branch):
+        carry = jax.lax.switch(branch, branches, carry)
         x, k, div, _mid, track = carry
         return carry, record(weights(x), k, div, track)
 
-    n_chunks, rest = divmod(steps, record_every)
     track = BalanceTracker.start(initial) if track_balance else None
     carry = (start, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
-    one_record = lambda rec: jax.tree.map(lambda x: x[None], rec)  # noqa: E731
-    parts = [one_record(record(params, *carry[1:3], track))]  # k, div typed as in the loop: one trace
-    carry, recs = jax.lax.scan(chunk, carry, None, length=n_chunks)
-    parts.append(recs)
-    if rest:
-        carry = advance(carry, rest)
-        x, k, div, _mid, track = carry
-        parts.append(one_record(record(weights(x), k, div, track)))
+    carry, recs = jax.lax.scan(chunk, carry, which)
     x, k, div, mid, _ = carry
     q = weights(x)
     div = jnp.where((div < 0) & _diverging(_risk(_objective(q, static, problem), static, problem), diverge_above), k, div)
-    recs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
     return Descent(q, div, mid, recs)
 
 
