@@ -156,6 +156,39 @@ def test_vectorized_equals_one_at_a_time(paper_problem):
     np.testing.assert_array_equal(batched.weights_final.values, grid.weights_final.values)
 
 
+@pytest.mark.parametrize("kernel", scan.KERNELS)
+def test_every_record_comes_from_one_traced_observable(kernel):
+    """The records at step 0, every `record_every` steps and at the last step (a remainder)
+    are made in one loop: an observable is traced (and compiled) once per grid, not once per
+    place it is recorded (its eigensolver compiled ~2 s each time at paper size)."""
+    traces = []
+
+    @obs.register("first_layer_norm_traced")
+    def first_layer_norm(model, problem):
+        traces.append(1)
+        return jnp.linalg.norm(model.layers()[0])
+
+    try:
+        prob = problem.gaussian(20, 3, seed=0)
+        net = models.mlp(jax.random.key(0), models.mlp_widths(3, 3, 3), 0.5)
+        ds = descent.run(net, prob, [0.05, 0.1], 7, record_every=3, observables=["first_layer_norm_traced"],
+                         final_sharpness=False, kernel=kernel)
+    finally:
+        del obs.REGISTRY["first_layer_norm_traced"]
+    assert len(traces) == 1
+    assert ds.step.values.tolist() == [[0, 3, 6, 7]] * 2
+    for i, eta in enumerate([0.05, 0.1]):
+        w = net
+        for k in range(8):
+            if k in (0, 3, 6, 7):
+                r = ds.step.values[i].tolist().index(k)
+                want = float(np.linalg.norm(w.layers()[0]))
+                assert float(ds.first_layer_norm_traced.values[i, 0, r]) == pytest.approx(want, rel=1e-12)
+            params, static = eqx.partition(w, models.trainable(w))
+            g = jax.grad(lambda q: obs.risk_of(eqx.combine(q, static), prob))(params)
+            w = eqx.combine(jax.tree.map(lambda a, b: a - eta * b, params, g), static)
+
+
 def test_different_step_counts_share_one_dataset(paper_problem, paper_mlp):
     ds = descent.run(paper_mlp, paper_problem, [0.01, 0.05], [300, 100], record_every=[100, 30],
                      final_sharpness=False)
