@@ -11,24 +11,11 @@ Prints, on this machine, for the paper's MLP (n = 50, d = 5, L = 10, widths 5, s
 Run: .venv/bin/python benchmarks/bench_finite_step.py
 """
 
-import time
-
 import jax
+from bench_flow import timed  # benchmarks/ is the script's folder
 
 import gflow
 from gflow import descent, models, problem
-
-
-def timed(fn, repeat=3):
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return first, best
 
 
 def main():
