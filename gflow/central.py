@@ -268,9 +268,10 @@ def solve(y0, static, problem, model, options, observables, step_size: float, ed
     t_max = float(options.t_max)
 
     def integrate(y, t0, flow, t1=None):
-        grid = solver.as_save_times(np.clip(ts, t0, t_max if t1 is None else t1))
+        t1 = t_max if t1 is None else t1
+        grid = solver.as_save_times(np.clip(ts, t0, t1))
         sol = solver.integrate(y, static, problem, model, grid, stop, numerics, observables,
-                               jnp.asarray(t0), jnp.asarray(t_max if t1 is None else t1), dynamics=flow)
+                               jnp.asarray(t0), jnp.asarray(t1), dynamics=flow)
         return sol, float(np.asarray(sol.ts[1])[0]), jax.tree.map(lambda v: jnp.asarray(v[0]), sol.ys[1])
 
     runs, status = phases(y0, static, problem, integrate, step_size, edge)

@@ -274,12 +274,11 @@ def descend(
     record = _recorder(static, problem, initial, diverge_above, observables, record_weights)
 
     # One loop makes every record, so the observables (a Lanczos eigensolver each, for
-    # sharpness) are compiled once: it advances 0 steps before the record at step 0,
-    # `record_every` before the next ones, and the remainder before the last.
-    n_chunks, rest = divmod(steps, record_every)
-    lengths = (0, record_every, rest) if rest else (0, record_every)
-    branches = [functools.partial(advance, length=n) if n else (lambda carry: carry) for n in lengths]
-    which = jnp.asarray([0] + [1] * n_chunks + ([2] if rest else []), jnp.int32)  # a branch per record
+    # sharpness) are compiled once: before each record it advances the steps since the
+    # last one (0 before step 0, `record_every`, then any remainder), by a branch per length.
+    gaps = np.diff(record_steps(steps, record_every), prepend=0)
+    lengths, which = np.unique(gaps, return_inverse=True)
+    branches = [functools.partial(advance, length=int(n)) if n else (lambda carry: carry) for n in lengths]
 
     def chunk(carry, branch):
         carry = jax.lax.switch(branch, branches, carry)
@@ -288,7 +287,7 @@ def descend(
 
     track = BalanceTracker.start(initial) if track_balance else None
     carry = (start, jnp.array(0), jnp.array(-1), jnp.array(jnp.nan), track)
-    carry, recs = jax.lax.scan(chunk, carry, which)
+    carry, recs = jax.lax.scan(chunk, carry, jnp.asarray(which, jnp.int32))
     x, k, div, mid, _ = carry
     q = weights(x)
     div = jnp.where((div < 0) & _diverging(_risk(_objective(q, static, problem), static, problem), diverge_above), k, div)
