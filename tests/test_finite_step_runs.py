@@ -150,7 +150,9 @@ def test_sweep_has_central_and_modified_flow_points(tmp_path):
     assert np.all(final <= 2 / 0.07 * (1 + 1e-5))
     np.testing.assert_allclose(ds.central_final_sharpness.sel(scale=0.35).values, 2 / 0.07, rtol=1e-5)
     # the modified flow of one point is the flow `gflow.solve` integrates from that network over
-    # GD's horizon 300η (the same program: equal to round-off)
+    # GD's horizon 300η, recording other observables: W to the round-off of the solve (~1e-12
+    # relative), so the sharpness to 1e-10 and the excess risk E = eᵀΣ̂e (‖e‖ ≈ 1e-6 at the
+    # end) to 2√(EΛ)·1e-12
     point = scen.expand(scen.load(path))[1][1]
     prob = point.build_problem()
     opts = dataclasses.replace(point.flow.options(), dynamics="modified", step_size=0.07, t_max=300 * 0.07,
@@ -159,8 +161,9 @@ def test_sweep_has_central_and_modified_flow_points(tmp_path):
     assert str(ds.modified_status.sel(scale=0.35).values[0, 0]) == one.attrs["status"]
     np.testing.assert_allclose(ds.modified_final_sharpness.sel(scale=0.35).values[0, 0], float(one.sharpness[-1]),
                                rtol=1e-10)
-    np.testing.assert_allclose(ds.modified_final_excess_risk.sel(scale=0.35).values[0, 0],
-                               float(one.excess_risk[-1]), rtol=1e-10)
+    E = float(one.excess_risk[-1])
+    gap = abs(float(ds.modified_final_excess_risk.sel(scale=0.35).values[0, 0]) - E)
+    assert gap <= 2 * np.sqrt(E * float(prob.Lam)) * 1e-12, gap
     columns = set(result.runs.columns)
     assert {"central_status", "central_final_sharpness", "central_final_predicted_risk"} <= columns
     assert {"modified_status", "modified_final_sharpness", "modified_final_excess_risk"} <= columns
