@@ -256,11 +256,12 @@ def phases(y0, static, problem, integrate, step_size: float, edge: int):
     return out, "max_steps"
 
 
-def solve(y0, static, problem, model, options, observables, step_size: float, edge: int):
-    """The central flow with observables at the save times of `options`, in phases.
+def solve(y0, static, problem, model, options, observables, step_size: float, edge: int, dense: bool = False):
+    """The central flow with observables at the save times of `options`, in phases (with
+    `dense`, each phase's solution holds its interpolant).
 
-    Returns what `gflow.clock.solve_arclength` returns: (t_offset, t_local, values, final
-    state, status, info).
+    Returns what `gflow.clock.solve_arclength` returns, (t_offset, t_local, values, final
+    state, status, info), and the list of [`Phase`][].
     """
     ts = np.asarray(options.save_times())
     stop = jnp.asarray(options.stop_at_excess_risk)
@@ -271,11 +272,11 @@ def solve(y0, static, problem, model, options, observables, step_size: float, ed
         t1 = t_max if t1 is None else t1
         grid = solver.as_save_times(np.clip(ts, t0, t1))
         sol = solver.integrate(y, static, problem, model, grid, stop, numerics, observables,
-                               jnp.asarray(t0), jnp.asarray(t1), dynamics=flow)
-        return sol, float(np.asarray(sol.ts[1])[0]), jax.tree.map(lambda v: jnp.asarray(v[0]), sol.ys[1])
+                               jnp.asarray(t0), jnp.asarray(t1), dynamics=flow, dense=dense)
+        return sol, solver.end_time(sol), jax.tree.map(lambda v: jnp.asarray(v[0]), sol.ys[1])
 
     runs, status = phases(y0, static, problem, integrate, step_size, edge)
-    return _assemble(runs, status, y0)
+    return (*_assemble(runs, status, y0), runs)
 
 
 def _assemble(runs: list[Phase], status: str | None, y0):
@@ -300,7 +301,7 @@ def _assemble(runs: list[Phase], status: str | None, y0):
     times = np.concatenate(times) if runs else np.zeros(0)
     last = {name: v[-1] for name, v in values.items()}
     status = status or (solver.status(runs[-1].solution.result, last) if runs else "solver_failed")
-    t_end = float(np.asarray(runs[-1].solution.ts[1])[0]) if runs else 0.0
+    t_end = solver.end_time(runs[-1].solution) if runs else 0.0
     info = dict(clock="plain", t_final=t_end, t_switch=math.nan, t_final_local=t_end, num_steps_arclength=0,
                 num_steps_plain=stats["num_steps"], edge_phases=len(runs),
                 edge_switch_times=[r.t0 for r in runs[1:]], **stats)

@@ -141,7 +141,7 @@ def distance_to_flow(
 
 @eqx.filter_jit
 def _ends_at_times(sol, ts):
-    return jax.vmap(lambda t: end_to_end(sol.model_at(jnp.minimum(t, sol.phases[-1].ts[-1]))))(ts)
+    return jax.vmap(lambda t: end_to_end(sol.model_at(jnp.minimum(t, sol.ends[-1]))))(ts)
 
 
 def _as_distance(diff, gd, what):
@@ -236,9 +236,9 @@ def finite_step_flows(
             first = float(np.nanmin(t[t > 0]))  # log-spaced saves from GD's first record on
             opts = dataclasses.replace(options, dynamics=name, step_size=float(eta), t_max=float(np.nanmax(t)),
                                        t_first=first if first < np.nanmax(t) else None, clock="plain")
-            flows[f"{name}-eta{eta:g}"] = flow.solve(model, problem, opts, observables)
+            flows[f"{name}-eta{eta:g}"], dense = flow.solve_and_interpolate(model, problem, opts, observables)
             one = gd.isel(step_size=[i], seed=[seed])
-            distance[i, seed] = distance_to_flow(one, flow.dense_solution(model, problem, opts)).values[0, 0]
+            distance[i, seed] = distance_to_flow(one, dense).values[0, 0]
         gd[f"distance_to_{name}"] = (("step_size", "seed", "record"), distance,
                                      {"description": f"distance between GD and the {name} flow at t = kη"})
     return flows

@@ -22,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
 from . import central, clock as _clock, compilation, observables as obs, solver, theory, trajectory
 from .clock import AUTO_PLATEAU_TIME, plateau_field, plateau_time
@@ -33,7 +34,7 @@ from .watch import Watch, solve_in_segments
 
 __all__ = [
     "AUTO_PLATEAU_TIME", "CLOCKS", "DYNAMICS", "SOLVERS", "STATUSES", "DenseSolution", "FlowOptions",
-    "dense_solution", "plateau_field", "plateau_time", "solve", "vector_field",
+    "dense_solution", "plateau_field", "plateau_time", "solve", "solve_and_interpolate", "vector_field",
 ]
 
 CLOCKS = ("auto", "plain", "arclength")
@@ -148,21 +149,23 @@ _RECORDS = (
 
 
 class DenseSolution(eqx.Module):
-    """A solve with dense output: the network at any time in [0, t_final]. A central-flow
-    solve has one Diffrax solution per phase (`phases`, starting at `starts`)."""
+    """A solve with dense output: the network at any time in [0, t_final]. A solve made of
+    several Diffrax solves (the central flow's phases, a long solve's segments) has one
+    solution per piece (`phases`, over [`starts`, `ends`])."""
 
     phases: tuple[diffrax.Solution, ...]
     static: DeepLinear
+    ends: jax.Array
     starts: tuple[float, ...] = eqx.field(static=True, default=(0.0,))
 
     @property
     def solution(self) -> diffrax.Solution:
-        """The last phase's solution (the only one but for the central flow)."""
+        """The last piece's solution."""
         return self.phases[-1]
 
     @property
     def t_final(self) -> float:
-        return float(self.solution.ts[-1])
+        return float(self.ends[-1])
 
     @property
     def converged(self) -> bool:
@@ -170,7 +173,7 @@ class DenseSolution(eqx.Module):
         return bool(self.solution.result == diffrax.RESULTS.event_occurred)
 
     def _evaluate(self, t):
-        parts = [sol.evaluate(jnp.clip(t, t0, sol.ts[-1])) for sol, t0 in zip(self.phases, self.starts)]
+        parts = [sol.evaluate(jnp.clip(t, t0, t1)) for sol, t0, t1 in zip(self.phases, self.starts, self.ends)]
         which = sum(jnp.asarray(t >= t0, int) for t0 in self.starts[1:])
         return jax.tree.map(lambda *xs: jnp.stack(xs)[which], *parts)
 
@@ -206,9 +209,17 @@ def dense_solution(model: DeepLinear, problem: Problem, options: FlowOptions = F
         return sol, float(sol.ts[-1]), jax.tree.map(lambda v: v[-1], sol.ys)
 
     if options.dynamics != "central":
-        return DenseSolution((integrate(y0, 0.0, _plain_dynamics(options))[0],), static)
+        sol, t_end, _ = integrate(y0, 0.0, _plain_dynamics(options))
+        return DenseSolution((sol,), static, jnp.asarray([t_end]))
     runs, _ = central.phases(y0, static, problem, integrate, options.step_size, options.edge_eigenpairs)
-    return DenseSolution(tuple(r.solution for r in runs), static, tuple(r.t0 for r in runs))
+    return _dense([(r.t0, float(r.solution.ts[-1]), r.solution) for r in runs], static)
+
+
+def _dense(pieces, static) -> DenseSolution:
+    """The [`DenseSolution`][] of consecutive solves with dense output, given as (start
+    time, end time, Diffrax solution)."""
+    starts, ends, sols = zip(*pieces)
+    return DenseSolution(sols, static, jnp.asarray(ends), tuple(float(t) for t in starts))
 
 
 def _plain_dynamics(options: FlowOptions):
@@ -243,6 +254,24 @@ def solve(
     on the `time` axis, the initial and final weights, and the status, step counts,
     problem constants and solver settings in `attrs`.
     """
+    return _solve(model, problem, options, observables, progress, dense=False)[0]
+
+
+def solve_and_interpolate(
+    model: DeepLinear,
+    problem: Problem,
+    options: FlowOptions = FlowOptions(),
+    observables: Sequence[str] | None = None,
+) -> tuple[xr.Dataset, DenseSolution]:
+    """[`solve`][], and the same solve's interpolant: (the Dataset, a [`DenseSolution`][],
+    the network at any time up to the end). One integration where [`solve`][] then
+    [`dense_solution`][] make two; for the central flow, the integration is most of the
+    cost of comparing it with GD. In ordinary time only (not the arc-length clock)."""
+    return _solve(model, problem, options, observables, None, dense=True)
+
+
+def _solve(model, problem, options: FlowOptions, observables, progress, dense: bool):
+    """[`solve`][]'s work: (the Dataset, its [`DenseSolution`][] with `dense`, else None)."""
     check_input_width(model, problem.d)
     observables = obs.get(observables, model)
     compilation.release_if_crowded()
@@ -256,17 +285,19 @@ def solve(
             else "plain"
     records = _RECORDS
     if options.dynamics == "central":
-        t_offset, t_local, values, final_state, status, info = central.solve(
-            y0, static, problem, model, options, observables, options.step_size, options.edge_eigenpairs)
+        *out, runs = central.solve(y0, static, problem, model, options, observables, options.step_size,
+                                   options.edge_eigenpairs, dense)
+        pieces = [(r.t0, solver.end_time(r.solution), r.solution) for r in runs]
         records += central.CentralFlow.RECORDS
     elif clock == "arclength":
-        t_offset, t_local, values, final_state, status, info = _clock.solve_arclength(
-            y0, static, problem, model, options, observables)
+        if dense:
+            raise ValueError("the arc-length clock keeps no dense solution: set clock = \"plain\"")
+        out = _clock.solve_arclength(y0, static, problem, model, options, observables)
     else:
         dynamics = _plain_dynamics(options)
-        t_offset, t_local, values, final_state, status, info = _solve_plain(
-            y0, static, problem, model, options, observables, dynamics, progress)
+        *out, pieces = _solve_plain(y0, static, problem, model, options, observables, dynamics, progress, dense)
         records += dynamics.RECORDS
+    t_offset, t_local, values, final_state, status, info = out
     times = t_offset + t_local
     wall = _time.perf_counter() - start
     final = eqx.combine(final_state[0], static)
@@ -274,24 +305,27 @@ def solve(
                 step_size=0.0 if options.step_size is None else float(options.step_size),
                 plateau_time_log10=log10_plateau, **theory.initial_constants(model, problem))
     ds = trajectory.build(times, values, (*observables, *records), model, final, problem, options=options, info=info)
-    return ds.assign(
+    ds = ds.assign(
         t_offset=("time", t_offset, {"description": "absolute time = t_offset + t_local (t_switch after the switch)"}),
         t_local=("time", t_local, {"description": "time since t_offset, exact where t_offset + t_local rounds"}),
     )
+    return ds, (_dense(pieces, static) if dense else None)
 
 
-def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, dynamics, report=None):
+def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, dynamics, report=None,
+                 dense: bool = False):
     """One solve in ordinary time, in segments (`gflow.watch`: progress and stiffness reported
-    to `report`); returns what `clock.solve_arclength` returns."""
+    to `report`); returns what `clock.solve_arclength` returns, and each segment's (start, end,
+    Diffrax solution), which holds its interpolant with `dense`."""
     ts = solver.as_save_times(options.save_times())
     stop = jnp.asarray(options.stop_at_excess_risk)
 
     def integrate(y, t0, numerics):
         return solver.integrate(y, static, problem, model, ts, stop, numerics, observables, t0=jnp.asarray(t0),
-                                dynamics=dynamics)
+                                dynamics=dynamics, dense=dense)
 
     watch = Watch(report, options.solver, options.t_max, options.max_steps)
-    times, values, final_state, result, stats, step_times = solve_in_segments(
+    times, values, final_state, result, stats, step_times, segments = solve_in_segments(
         integrate, y0, float(ts[0]), options, watch, static, problem)
     t_end = float(times[-1])
     values[solver.STEPS] = solver.steps_before(step_times, times)
@@ -299,4 +333,5 @@ def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, 
     status = solver.status(result, {k: v[-1] for k, v in values.items()})
     info = dict(clock="plain", t_final=t_end, t_switch=math.nan, t_final_local=t_end,
                 num_steps_arclength=0, num_steps_plain=stats["num_steps"], stiffness=watch.note, **stats)
-    return np.zeros_like(times), times, values, final_state, status, info
+    pieces = [(t0, solver.end_time(sol), sol) for t0, sol in segments]
+    return np.zeros_like(times), times, values, final_state, status, info, pieces

@@ -199,10 +199,11 @@ class EventBisection(optx.Bisection):
 
 @eqx.filter_jit
 def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None,
-              dynamics=GRADIENT_FLOW):
+              dynamics=GRADIENT_FLOW, dense: bool = False):
     """Ordinary-time solve of the state y0 = (W, E) over [t0, t1] (default [ts[0], ts[-1]]),
     with the observables, E and the dynamics' records at `ts` and t1 (save times outside
-    [t0, t1] are moved to its ends: `trim` then keeps one of each)."""
+    [t0, t1] are moved to its ends: `trim` then keeps one of each); with `dense`, also the
+    solver's interpolant (`sol.evaluate`)."""
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
     # Observables that continue from the previous save (Lanczos from the last eigenvector)
@@ -212,7 +213,7 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
     def save(t, y, args):
         return {**record(inline, y, args, dynamics), **({continued.WEIGHTS: y[0]} if warm else {})}
 
-    sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save), stop,
+    sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save, dense), stop,
                       options, dynamics)
     if not warm:
         return sol
@@ -229,17 +230,25 @@ def as_save_times(times) -> jax.Array:
     return jnp.asarray(times, jnp.float64)
 
 
-def save_points(grid, save) -> diffrax.SaveAt:
+def save_points(grid, save, dense: bool = False) -> diffrax.SaveAt:
     """`save(t, y, args)` at the times `grid` and at the end (one sub, so the observables
     are traced and compiled once), the final state itself, and the time of every accepted
-    step (for [`steps_before`][]: how many steps each save interval took)."""
+    step (for [`steps_before`][]: how many steps each save interval took); with `dense`,
+    the interpolant too."""
     return diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=grid, t1=True, fn=trace_once(save)),
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: None),
-        ]
+        ],
+        dense=dense,
     )
+
+
+def end_time(sol) -> float:
+    """The time a solve of [`integrate`][] ended (its save at t1: an event's time when one
+    ended it, where Diffrax's `sol.t1` stays the requested end)."""
+    return float(np.asarray(sol.ts[1])[0])
 
 
 def steps_before(step_times, save_times) -> np.ndarray:

@@ -76,23 +76,26 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
     until it ends for another reason than the segment's step cap or the solve's own
     `max_steps` is spent.
 
-    Returns (times, saved, final state, Diffrax result, step counts, step times): the grid
-    saves of all segments in order, and the end of the last.
+    Returns (times, saved, final state, Diffrax result, step counts, step times, segments):
+    the grid saves of all segments in order, the end of the last, and (start time, Diffrax
+    solution) of each segment.
     """
     full = solver.numerics(options)
     pieces, step_times, stats = [], [], dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
+    segments = []
     y, t0 = y0, t_start
     while True:
         numerics = dataclasses.replace(full, max_steps=min(SEGMENT_STEPS, full.max_steps - stats["num_steps"]))
         # each segment picks its first step as the first does: passing the last step instead
         # would compile a second program for every solve longer than a segment
         sol = integrate(y, t0, numerics)
+        segments.append((t0, sol))
         times, saved = solver.trim(np.asarray(sol.ts[0]), jax.tree.map(np.asarray, sol.ys[0]))
         ends = np.asarray(sol.ts[2])
         step_times.append(ends[np.isfinite(ends)])
         stats = {k: stats[k] + v for k, v in solver.stats(sol).items()}
         y = jax.tree.map(lambda x: x[0], sol.ys[1])
-        t_end = float(np.asarray(sol.ts[1])[0])
+        t_end = solver.end_time(sol)
         last = not (sol.result == diffrax.RESULTS.max_steps_reached and stats["num_steps"] < full.max_steps
                     and math.isfinite(t_end) and step_times[-1].size > 1)
         keep = (times > t0 if pieces else np.ones_like(times, bool)) & ((times < t_end) | last)
@@ -104,4 +107,4 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
         t0 = t_end
     times = np.concatenate([p[0] for p in pieces])
     saved = jax.tree.map(lambda *v: np.concatenate(v), *[p[1] for p in pieces])
-    return times, saved, y, sol.result, stats, np.concatenate(step_times)
+    return times, saved, y, sol.result, stats, np.concatenate(step_times), segments

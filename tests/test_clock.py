@@ -175,7 +175,7 @@ def test_arclength_clock_follows_the_plain_path(prob, scale):
     assert float(flow.plateau_time(model, prob)) < math.log10(flow.AUTO_PLATEAU_TIME)  # auto: plain
     dense = flow.dense_solution(model, prob, gflow.FlowOptions(clock="plain", **kw))
     t = ds.time.values
-    t = t[t <= float(dense.solution.ts[-1])]
+    t = t[t <= dense.t_final]
     assert t.size >= 50
     at = jax.vmap(dense.model_at)(jnp.asarray(t))
     plain_w = np.asarray(jax.vmap(gflow.end_to_end)(at))

@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +48,39 @@ def test_energy_identity(paper_mlp, paper_problem):
     integral = float(values @ ws)
     drop = float(obs.risk(paper_mlp, paper_problem) - obs.risk(sol.model_at(t1), paper_problem))
     assert integral == pytest.approx(drop, rel=1e-6)
+
+
+def _flat(model) -> np.ndarray:
+    return np.concatenate([np.ravel(w) for w in jax.tree.leaves(eqx.filter(model, models.trainable(model)))])
+
+
+def test_solve_and_interpolate_is_the_solve_with_its_interpolant(monkeypatch):
+    """The modified flow in segments of 16 steps (`gflow.watch`): the Dataset is `solve`'s
+    (the same steps; two programs may round apart, 1e-12), the interpolant passes through
+    every save and the final weights (to round-off), is one piece per segment, and agrees
+    with an independent `dense_solution` (one segment, its own steps) to the tolerance."""
+    from gflow import watch
+
+    monkeypatch.setattr(watch, "SEGMENT_STEPS", 16)
+    prob = problem.gaussian(20, 3, seed=0)
+    net = models.mlp(jax.random.key(0), models.mlp_widths(3, 3, 3), 0.5)
+    opts = gflow.FlowOptions(dynamics="modified", step_size=0.05, rtol=1e-10, atol=1e-12, t_max=30.0, saves=25)
+    ds, dense = flow.solve_and_interpolate(net, prob, opts, ["risk", "end_to_end"])
+    plain = flow.solve(net, prob, opts, ["risk", "end_to_end"])
+    assert ds.attrs["num_steps"] == plain.attrs["num_steps"] > 3 * 16
+    np.testing.assert_allclose(ds.end_to_end.values, plain.end_to_end.values, rtol=1e-12, atol=1e-14)
+    assert len(dense.phases) == len(dense.starts) > 3 and np.all(np.diff(dense.starts) > 0)
+    assert dense.t_final == pytest.approx(float(ds.time[-1]), rel=1e-15)
+    at_saves = jax.vmap(lambda t: gflow.end_to_end(dense.model_at(t)))(jnp.asarray(ds.time.values))
+    np.testing.assert_allclose(np.asarray(at_saves), ds.end_to_end.values, rtol=1e-12, atol=1e-14)
+    final = _flat(gflow.trajectory.model_from(ds))
+    np.testing.assert_allclose(_flat(dense.model_at(dense.t_final)), final, rtol=1e-12, atol=1e-14)
+    one = flow.dense_solution(net, prob, opts)
+    assert len(one.phases) == 1
+    for t in (0.3, 3.0, 29.0):
+        np.testing.assert_allclose(_flat(dense.model_at(t)), _flat(one.model_at(t)), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="arc-length clock"):
+        flow.solve_and_interpolate(net, prob, gflow.FlowOptions(clock="arclength"))
 
 
 def _balanced_rank_one_mlp(d, depth, sigma, key):

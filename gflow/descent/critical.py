@@ -99,7 +99,7 @@ def _refine(trials: _Trials, lo: float, hi: float, rtol: float, per_round: int, 
 def _flow_step_size(model: DeepLinear, problem: Problem, flow_options) -> float:
     """2/S(W_GF) at the end of a dense GF solve under `flow_options`."""
     sol = flow.dense_solution(model, problem, flow_options)
-    final = sol.model_at(sol.solution.ts[-1])
+    final = sol.model_at(sol.t_final)
     return 2.0 / float(obs.sharpness(final, problem))
 
 
