@@ -5,6 +5,9 @@ Prints, on this machine, for the paper's MLP (n = 50, d = 5, L = 10, widths 5, s
   λ₁ there), and the modified flow over the same time, each recording the risk: the first
   call (tracing + compiling + running) and the best warm call, and the ratio of each warm
   call to gradient flow's over the same horizon, measured in the same run (the baseline);
+- the central flow with its interpolant (what a comparison with GD needs):
+  `flow.solve_and_interpolate`, one integration, against `solve` then `dense_solution`, two,
+  warm, measured in the same run;
 - a GD grid (2 initializations × 2 step sizes, 400 steps) recording risk and sharpness every
   100 steps, with the final sharpness: first call and best warm call, against the same grid
   recording the risk only.
@@ -15,7 +18,7 @@ import jax
 from bench_flow import timed  # benchmarks/ is the script's folder
 
 import gflow
-from gflow import descent, models, problem
+from gflow import descent, flow as flow_, models, problem
 
 
 def main():
@@ -32,6 +35,12 @@ def main():
     for name in ("central", "modified"):
         first, warm = timed(flow(dynamics=name, step_size=eta))
         print(f"{name} flow at η = {eta}: first call {first:.1f} s, warm {warm:.2f} s ({warm / base:.0f}× GF)")
+
+    central = gflow.FlowOptions(**common, dynamics="central", step_size=eta)
+    _, twice = timed(lambda: (gflow.solve(net, prob, central, ["risk"]), flow_.dense_solution(net, prob, central)))
+    first, once = timed(lambda: flow_.solve_and_interpolate(net, prob, central, ["risk"]))
+    print(f"central flow and its interpolant: solve_and_interpolate first call {first:.1f} s, warm {once:.2f} s; "
+          f"solve then dense_solution warm {twice:.2f} s ({twice / once:.2f}× slower)")
 
     nets = [models.mlp(jax.random.key(s), models.mlp_widths(5, 10, 5), 0.3) for s in range(2)]
 
