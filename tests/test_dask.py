@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from gflow import cli, sweep, trajectory
+from tests.conftest import GD_SLOWDOWN
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow
@@ -75,8 +76,9 @@ def in_process(grid):
 def slow_grid(tmp_path_factory):
     """Chunks long enough (about a second each on 2 cores) that, when the first result
     reaches the driver, four are still to run: 60,000 steps (0.3 s a chunk with the fused
-    GD kernel) sometimes let every chunk finish before the driver saw the first one."""
-    return _grid(tmp_path_factory, 250000)
+    GD kernel on XLA's default build) sometimes let every chunk finish before the driver saw
+    the first one. 250,000 steps there, a third of that on the tests' build."""
+    return _grid(tmp_path_factory, 250000 // GD_SLOWDOWN)
 
 
 @pytest.fixture(scope="module")

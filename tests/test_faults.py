@@ -26,6 +26,7 @@ import xarray as xr
 
 import gflow
 from gflow import cli, files, sweep, trajectory
+from tests.conftest import GD_SLOWDOWN
 
 RUN = textwrap.dedent(
     """
@@ -535,9 +536,10 @@ def test_sweep_killed_anywhere_resumes_and_reruns_only_what_was_missing(done_swe
 
 # --- Ctrl-C while a chunk computes ---------------------------------------------------------------
 
-SLOW_SWEEP = SWEEP.replace("steps = 200", "steps = 12000000").replace('["excess_risk"]', "[]")
-"""Two chunks of several seconds each (two GD runs of 1.2e7 steps: 3 s unloaded, up to
-15 s on this 2-core machine under load), inside one compiled call."""
+SLOW_SWEEP = SWEEP.replace("steps = 200", f"steps = {12_000_000 // GD_SLOWDOWN}").replace('["excess_risk"]', "[]")
+"""Two chunks of several seconds each (two GD runs of 1.2e7 steps on XLA's default build,
+a third of that on the tests' slower-running one: 3 s unloaded, up to 15 s on this 2-core
+machine under load), inside one compiled call."""
 
 
 def _recorded(out) -> list[str]:
