@@ -222,9 +222,11 @@ def _next(flow: CentralFlow, params, static, problem) -> CentralFlow | None:
 
 
 class Phase(NamedTuple):
-    """One phase of a central-flow solve: its start time, the flow in force, and Diffrax's solution."""
+    """One phase of a central-flow solve: its start and end times, the flow in force, and
+    Diffrax's solution."""
 
     t0: float
+    t1: float
     flow: CentralFlow
     solution: diffrax.Solution
 
@@ -240,11 +242,12 @@ def phases(y0, static, problem, integrate, step_size: float, edge: int):
     """
     plain, flow = start(y0[0], static, problem, step_size, edge)
     if flow is None:  # too many eigenvalues at or past 2/η already: the initial point only
-        return [Phase(0.0, plain, integrate(y0, 0.0, plain, 0.0)[0])], "edge_limit"
+        sol, t_end, _ = integrate(y0, 0.0, plain, 0.0)
+        return [Phase(0.0, t_end, plain, sol)], "edge_limit"
     out, t0, y = [], 0.0, y0
     for _ in range(MAX_PHASES):
         sol, t_end, y_end = integrate(y, t0, flow)
-        out.append(Phase(t0, flow, sol))
+        out.append(Phase(t0, t_end, flow, sol))
         if sol.result != diffrax.RESULTS.event_occurred:
             return out, None
         if not bool(np.asarray(sol.event_mask[1])):
@@ -301,7 +304,7 @@ def _assemble(runs: list[Phase], status: str | None, y0):
     times = np.concatenate(times) if runs else np.zeros(0)
     last = {name: v[-1] for name, v in values.items()}
     status = status or (solver.status(runs[-1].solution.result, last) if runs else "solver_failed")
-    t_end = solver.end_time(runs[-1].solution) if runs else 0.0
+    t_end = runs[-1].t1 if runs else 0.0
     info = dict(clock="plain", t_final=t_end, t_switch=math.nan, t_final_local=t_end, num_steps_arclength=0,
                 num_steps_plain=stats["num_steps"], edge_phases=len(runs),
                 edge_switch_times=[r.t0 for r in runs[1:]], **stats)

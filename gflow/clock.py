@@ -186,7 +186,7 @@ def _phase2(final, static, problem, model, horizon, n2, stop, numerics, observab
     h, zero = jnp.asarray(horizon), jnp.asarray(0.0)
     past_the_end = solver.as_save_times(np.full(n2, horizon))
     first = solver.integrate(final, static, problem, model, past_the_end, stop, numerics, observables, zero, h)
-    t_end = float(_first(first.ts[1]))
+    t_end = solver.end_time(first)
     if not (np.isfinite(t_end) and t_end > 0):
         t_end = horizon
     ts = solver.as_save_times(np.geomspace(t_end * 1e-4, t_end, n2) if n2 > 1 else [t_end])
@@ -196,7 +196,7 @@ def _phase2(final, static, problem, model, horizon, n2, stop, numerics, observab
     values[solver.STEPS] = solver.steps_before(sol.ts[2], times)
     final = jax.tree.map(lambda x: jnp.asarray(x[0]), final2)
     status = solver.status(sol.result, {k: v[-1] for k, v in values.items()})
-    return times, values, final, status, solver.stats(sol), float(_first(sol.ts[1])), int(first.stats["num_steps"])
+    return times, values, final, status, solver.stats(sol), solver.end_time(sol), int(first.stats["num_steps"])
 
 
 def solve_arclength(y0, static, problem, model, options, observables):

@@ -212,7 +212,7 @@ def dense_solution(model: DeepLinear, problem: Problem, options: FlowOptions = F
         sol, t_end, _ = integrate(y0, 0.0, _plain_dynamics(options))
         return DenseSolution((sol,), static, jnp.asarray([t_end]))
     runs, _ = central.phases(y0, static, problem, integrate, options.step_size, options.edge_eigenpairs)
-    return _dense([(r.t0, float(r.solution.ts[-1]), r.solution) for r in runs], static)
+    return _dense([(r.t0, r.t1, r.solution) for r in runs], static)
 
 
 def _dense(pieces, static) -> DenseSolution:
@@ -287,7 +287,7 @@ def _solve(model, problem, options: FlowOptions, observables, progress, dense: b
     if options.dynamics == "central":
         *out, runs = central.solve(y0, static, problem, model, options, observables, options.step_size,
                                    options.edge_eigenpairs, dense)
-        pieces = [(r.t0, solver.end_time(r.solution), r.solution) for r in runs]
+        pieces = [(r.t0, r.t1, r.solution) for r in runs]
         records += central.CentralFlow.RECORDS
     elif clock == "arclength":
         if dense:
@@ -333,5 +333,4 @@ def _solve_plain(y0, static, problem, model, options: FlowOptions, observables, 
     status = solver.status(result, {k: v[-1] for k, v in values.items()})
     info = dict(clock="plain", t_final=t_end, t_switch=math.nan, t_final_local=t_end,
                 num_steps_arclength=0, num_steps_plain=stats["num_steps"], stiffness=watch.note, **stats)
-    pieces = [(t0, solver.end_time(sol), sol) for t0, sol in segments]
-    return np.zeros_like(times), times, values, final_state, status, info, pieces
+    return np.zeros_like(times), times, values, final_state, status, info, segments

@@ -77,8 +77,8 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
     `max_steps` is spent.
 
     Returns (times, saved, final state, Diffrax result, step counts, step times, segments):
-    the grid saves of all segments in order, the end of the last, and (start time, Diffrax
-    solution) of each segment.
+    the grid saves of all segments in order, the end of the last, and (start time, end time,
+    Diffrax solution) of each segment.
     """
     full = solver.numerics(options)
     pieces, step_times, stats = [], [], dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
@@ -89,13 +89,13 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
         # each segment picks its first step as the first does: passing the last step instead
         # would compile a second program for every solve longer than a segment
         sol = integrate(y, t0, numerics)
-        segments.append((t0, sol))
         times, saved = solver.trim(np.asarray(sol.ts[0]), jax.tree.map(np.asarray, sol.ys[0]))
         ends = np.asarray(sol.ts[2])
         step_times.append(ends[np.isfinite(ends)])
         stats = {k: stats[k] + v for k, v in solver.stats(sol).items()}
         y = jax.tree.map(lambda x: x[0], sol.ys[1])
         t_end = solver.end_time(sol)
+        segments.append((t0, t_end, sol))
         last = not (sol.result == diffrax.RESULTS.max_steps_reached and stats["num_steps"] < full.max_steps
                     and math.isfinite(t_end) and step_times[-1].size > 1)
         keep = (times > t0 if pieces else np.ones_like(times, bool)) & ((times < t_end) | last)

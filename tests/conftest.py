@@ -19,10 +19,10 @@ is most of the suite, and this build compiles it in about half the time (the who
 2300 → 1370 s of work, measured on 2 cores) for programs that run slower (a paper-size GF
 solve ~1.4×, GD's loop 3–4×: see `GD_SLOWDOWN`). The programs are the same HLO, computed in
 float64 by the same operations: results differ from the optimized build's at round-off,
-which every tolerance of the suite allows. Set
-`GFLOW_TEST_XLA_OPTIMIZED=1` to run the suite on XLA's default (optimized) build, which `gflow`
-itself uses. Set here, before any backend starts; the processes the tests start (`gflow`
-commands, notebook kernels, Dask workers) inherit it."""
+which every tolerance of the suite allows. Set `GFLOW_TEST_XLA_OPTIMIZED=1` to run the suite
+on XLA's default (optimized) build, which `gflow` itself uses. Set here, before any backend
+starts; the processes the tests start (`gflow` commands, notebook kernels, Dask workers)
+inherit it."""
 
 if not os.environ.get("GFLOW_TEST_XLA_OPTIMIZED"):
     _given = os.environ.get("XLA_FLAGS", "")

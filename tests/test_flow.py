@@ -1,4 +1,3 @@
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +6,7 @@ from scipy.integrate import solve_ivp
 
 import gflow
 from gflow import flow, models, observables as obs, problem, solver
+from tests.test_dynamics import flat
 
 
 def test_paper_size_converges_to_pi_star(paper_run, paper_problem):
@@ -50,10 +50,6 @@ def test_energy_identity(paper_mlp, paper_problem):
     assert integral == pytest.approx(drop, rel=1e-6)
 
 
-def _flat(model) -> np.ndarray:
-    return np.concatenate([np.ravel(w) for w in jax.tree.leaves(eqx.filter(model, models.trainable(model)))])
-
-
 def test_solve_and_interpolate_is_the_solve_with_its_interpolant(monkeypatch):
     """The modified flow in segments of 16 steps (`gflow.watch`): the Dataset is `solve`'s
     (the same steps; two programs may round apart, 1e-12), the interpolant passes through
@@ -73,12 +69,12 @@ def test_solve_and_interpolate_is_the_solve_with_its_interpolant(monkeypatch):
     assert dense.t_final == pytest.approx(float(ds.time[-1]), rel=1e-15)
     at_saves = jax.vmap(lambda t: gflow.end_to_end(dense.model_at(t)))(jnp.asarray(ds.time.values))
     np.testing.assert_allclose(np.asarray(at_saves), ds.end_to_end.values, rtol=1e-12, atol=1e-14)
-    final = _flat(gflow.trajectory.model_from(ds))
-    np.testing.assert_allclose(_flat(dense.model_at(dense.t_final)), final, rtol=1e-12, atol=1e-14)
+    final = flat(gflow.trajectory.model_from(ds), prob)
+    np.testing.assert_allclose(flat(dense.model_at(dense.t_final), prob), final, rtol=1e-12, atol=1e-14)
     one = flow.dense_solution(net, prob, opts)
     assert len(one.phases) == 1
     for t in (0.3, 3.0, 29.0):
-        np.testing.assert_allclose(_flat(dense.model_at(t)), _flat(one.model_at(t)), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(flat(dense.model_at(t), prob), flat(one.model_at(t), prob), rtol=0, atol=1e-7)
     with pytest.raises(ValueError, match="arc-length clock"):
         flow.solve_and_interpolate(net, prob, gflow.FlowOptions(clock="arclength"))
 
