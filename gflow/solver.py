@@ -206,19 +206,22 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
     solver's interpolant (`sol.evaluate`)."""
     t0 = ts[0] if t0 is None else t0
     t1 = ts[-1] if t1 is None else t1
-    # Observables that continue from the previous save (Lanczos from the last eigenvector)
-    # are computed after the solve from the saved weights (`continued.along`).
-    inline, warm = continued.split(observables)
+    # An observable that continues from the previous save (Lanczos from the last eigenvector)
+    # needs the saved weights; then every observable is computed after the solve from them
+    # (`continued.along`), and compiled once instead of at every place Diffrax saves.
+    after = bool(continued.split(observables)[1])
 
     def save(t, y, args):
-        return {**record(inline, y, args, dynamics), **({continued.WEIGHTS: y[0]} if warm else {})}
+        if after:
+            return {**record((), y, args, dynamics), continued.WEIGHTS: y[0]}
+        return record(observables, y, args, dynamics)
 
     sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save, dense), stop,
                       options, dynamics)
-    if not warm:
+    if not after:
         return sol
     saved = dict(sol.ys[0])
-    saved.update(continued.along(warm, saved.pop(continued.WEIGHTS), static, problem))
+    saved.update(continued.along(observables, saved.pop(continued.WEIGHTS), static, problem, initial))
     return eqx.tree_at(lambda s: s.ys, sol, (saved, *sol.ys[1:]))
 
 

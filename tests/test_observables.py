@@ -151,3 +151,32 @@ def test_continued_observables_survive_jit_and_re_registration():
         assert [o.name for o in continued.split(obs.get(names))[1]] == ["top_eigenvalues"]
     finally:
         obs.REGISTRY["sharpness"] = original
+
+
+@pytest.mark.parametrize("activation", ["linear", "gelu"])
+def test_observables_after_the_solve_equal_those_inside_it(activation):
+    """With a continued observable the others are evaluated after the solve, from the saved
+    weights (`continued.along`); without one, inside it. Both give the same values: the same
+    functions at the same saved states, differing at most by XLA's fusion (round-off)."""
+    prob = problem.gaussian(20, 3, seed=0)
+    model = models.mlp(jax.random.key(2), models.mlp_widths(3, 3, 4), 0.5, activation)
+    names = obs.applicable([o for o in obs.DEFAULT if o != "sharpness"], activation)
+    opts = gflow.FlowOptions(t_max=20.0, saves=25, clock="plain")
+    inside = gflow.solve(model, prob, opts, names)
+    after = gflow.solve(model, prob, opts, [*names, "sharpness"])
+    np.testing.assert_array_equal(after.time.values, inside.time.values)
+    for name in names:
+        np.testing.assert_allclose(after[name].values, inside[name].values, rtol=1e-13, atol=0, err_msg=name)
+
+
+def test_save_slots_after_the_end_feed_no_inf_to_lapack(capfd):
+    """A solve that converges before its last save time leaves slots that Diffrax fills with
+    inf. The observables evaluated after the solve must not run on them: LAPACK's SVD
+    prints warnings on stdout for inf input (a `gflow run --quiet` must print nothing)."""
+    prob = problem.gaussian(20, 3, seed=0)
+    model = models.mlp(jax.random.key(0), models.mlp_widths(3, 3, 3), 0.5)
+    opts = gflow.FlowOptions(t_max=1e4, saves=40, clock="plain")
+    ds = gflow.solve(model, prob, opts, ["risk", "singular_values", "rank_one_gap", "sharpness"])
+    assert ds.attrs["status"] == "converged" and ds.sizes["time"] < 40
+    assert np.all(np.isfinite(ds.singular_values.values))
+    assert capfd.readouterr().out == ""
