@@ -52,9 +52,9 @@ def test_energy_identity(paper_mlp, paper_problem):
 
 def test_solve_and_interpolate_is_the_solve_with_its_interpolant(monkeypatch):
     """The modified flow in segments of 16 steps (`gflow.watch`): the Dataset is `solve`'s
-    (the same steps; two programs may round apart, 1e-12), the interpolant passes through
-    every save and the final weights (to round-off), is one piece per segment, and agrees
-    with an independent `dense_solution` (one segment, its own steps) to the tolerance."""
+    (the same steps; two programs may round apart), the interpolant passes through every
+    save and the final weights (to round-off), is one piece per segment, and agrees with an
+    independent `dense_solution` (one segment, its own steps) to the tolerance."""
     from gflow import watch
 
     monkeypatch.setattr(watch, "SEGMENT_STEPS", 16)
@@ -64,7 +64,18 @@ def test_solve_and_interpolate_is_the_solve_with_its_interpolant(monkeypatch):
     ds, dense = flow.solve_and_interpolate(net, prob, opts, ["risk", "end_to_end"])
     plain = flow.solve(net, prob, opts, ["risk", "end_to_end"])
     assert ds.attrs["num_steps"] == plain.attrs["num_steps"] > 3 * 16
-    np.testing.assert_allclose(ds.end_to_end.values, plain.end_to_end.values, rtol=1e-12, atol=1e-14)
+    # The saves at fixed times agree to round-off (1e-12). The last is where the stopping event
+    # fired, at the end of a step. At rtol 1e-10 the controller's error estimate is near
+    # round-off, so two compiled programs size that step apart (1e-5 of t measured on the
+    # tests' XLA build); there they differ by at most how far the flow moves in the gap, which
+    # the secant over the last two saves bounds (the flow slows down as it converges).
+    t, e = ds.time.values, ds.end_to_end.values
+    np.testing.assert_array_equal(t[:-1], plain.time.values[:-1])
+    np.testing.assert_allclose(e[:-1], plain.end_to_end.values[:-1], rtol=1e-12, atol=1e-14)
+    gap = abs(t[-1] - float(plain.time[-1]))
+    assert gap <= 1e-4 * t[-1]
+    speed = np.abs(e[-1] - e[-2]).max() / (t[-1] - t[-2])
+    assert np.abs(e[-1] - plain.end_to_end.values[-1]).max() <= gap * speed + 1e-14
     assert len(dense.phases) == len(dense.starts) > 3 and np.all(np.diff(dense.starts) > 0)
     assert dense.t_final == pytest.approx(float(ds.time[-1]), rel=1e-15)
     at_saves = jax.vmap(lambda t: gflow.end_to_end(dense.model_at(t)))(jnp.asarray(ds.time.values))
