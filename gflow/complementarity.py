@@ -30,6 +30,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from gflow import linalg
+
 ITERATIONS = 500
 """Cap on the accelerated projected-gradient iterations of [`solve`][] (k ≤ 5: cheap)."""
 
@@ -71,14 +73,14 @@ def equality_solution(F, a, active):
     on = active[i] & active[j]
     G = 0.5 * F @ F.T
     G = jnp.where(on[:, None] & on[None, :], G, jnp.eye(on.size, dtype=G.dtype))
-    return jnp.linalg.solve(G, -jnp.where(on, a, 0.0))
+    return linalg.solve(G, -jnp.where(on, a, 0.0))
 
 
 def smallest_active_eigenvalue(X, active):
     """The smallest eigenvalue of X on its active block (+inf when nothing is active)."""
     big = jnp.max(jnp.abs(X)) + 1.0
     masked = jnp.where(active[:, None] & active[None, :], X, 0.0) + jnp.diag(jnp.where(active, 0.0, big))
-    return jnp.where(jnp.any(active), jnp.linalg.eigvalsh(masked)[0], jnp.inf)
+    return jnp.where(jnp.any(active), linalg.eigvalsh(masked)[0], jnp.inf)
 
 
 def objective(X: np.ndarray, alpha: np.ndarray, D: np.ndarray) -> float:

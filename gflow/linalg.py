@@ -46,6 +46,30 @@ from jaxtyping import Array, Float, Int
 _START_KEY = jax.random.key(20240513)
 
 
+# --- LAPACK, one matrix per call (docs/design.md, "A hang in XLA:CPU") ---------------------
+
+
+def _one_matrix_per_call(fn: Callable) -> Callable:
+    """fn, but under `vmap` a loop over the batch: each LAPACK call gets one matrix.
+
+    jaxlib 0.10's CPU kernels spread a batch of matrices over XLA's thread pool from a
+    thread of that same pool and block until it is done; two such calls at once hold both
+    threads of a 2-core pool and wait forever. A single matrix runs on the calling thread.
+    The loop costs nothing measurable at the sizes here (a few to tens of small layers).
+    Not for reverse-mode autodiff: nothing in gflow differentiates through these."""
+    return jax.custom_batching.sequential_vmap(fn)
+
+
+eigh = _one_matrix_per_call(lambda a: tuple(jnp.linalg.eigh(a)))
+"""(eigenvalues ascending, eigenvectors) of a symmetric matrix."""
+eigvalsh = _one_matrix_per_call(lambda a: jnp.linalg.eigvalsh(a))
+"""Eigenvalues (ascending) of a symmetric matrix."""
+svdvals = _one_matrix_per_call(lambda a: jnp.linalg.svd(a, compute_uv=False))
+"""Singular values (descending) of a matrix."""
+solve = _one_matrix_per_call(lambda a, b: jnp.linalg.solve(a, b))
+"""x with a x = b (LU with pivoting)."""
+
+
 def hvp(f: Callable, x: Float[Array, " P"], v: Float[Array, " P"]) -> Float[Array, " P"]:
     """Hessian-vector product ∇²f(x) v (forward-over-reverse)."""
     return jax.jvp(jax.grad(f), (x,), (v,))[1]
@@ -93,7 +117,7 @@ def block_lanczos(matvec: Callable[[Array], Array], start: Float[Array, "b P"], 
     V = jnp.zeros((m, dim), start.dtype)
     V, HV = jax.lax.fori_loop(0, m, body, (V, V))
     T = V @ HV.T
-    values, S = jnp.linalg.eigh((T + T.T) / 2)
+    values, S = eigh((T + T.T) / 2)
     return values, S.T @ V
 
 
@@ -130,7 +154,7 @@ def _ritz(j, T, Q, radius, b: int, c: int):
     # eigh of the projected matrix on the j vectors so far: the unused rows and columns
     # of T are zero, and a diagonal below the whole spectrum sends them to the bottom.
     pad = 2 * jnp.sqrt(jnp.sum(T * T)) + tiny
-    theta, S = jnp.linalg.eigh(T - jnp.diag(jnp.where(jnp.arange(m) < j, 0.0, pad)))
+    theta, S = eigh(T - jnp.diag(jnp.where(jnp.arange(m) < j, 0.0, pad)))
     radius = jnp.maximum(radius, jnp.maximum(jnp.abs(theta[-1]), jnp.abs(theta[m - j])))
     theta, S = theta[::-1], S[:, ::-1]
     last = jax.lax.dynamic_slice_in_dim(S[:, :c], jnp.maximum(j - b, 0), b, axis=0)  # s_l, last b vectors
@@ -311,11 +335,11 @@ def top_singular_triplet(W: Float[Array, "m n"]):
     scale = jnp.max(jnp.abs(W))
     Ws = W / jnp.where(scale > 0, scale, 1.0)
     if n <= m:
-        v = jnp.linalg.eigh(Ws.T @ Ws)[1][:, -1]
+        v = eigh(Ws.T @ Ws)[1][:, -1]
         u = W @ v
         s = jnp.linalg.norm(u)
         return s, jnp.where(s > 0, u / jnp.where(s > 0, s, 1.0), jnp.eye(m, dtype=W.dtype)[0]), v
-    u = jnp.linalg.eigh(Ws @ Ws.T)[1][:, -1]
+    u = eigh(Ws @ Ws.T)[1][:, -1]
     v = W.T @ u
     s = jnp.linalg.norm(v)
     return s, u, jnp.where(s > 0, v / jnp.where(s > 0, s, 1.0), jnp.eye(n, dtype=W.dtype)[0])

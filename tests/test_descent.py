@@ -81,9 +81,12 @@ def test_failure_above_eta_crit_and_stability_below(paper_grid, paper_problem):
     above = ds.step_size.values > 2 / s_lower
     assert above.sum() >= 5 and (~above).sum() >= 3
     assert not np.any(ds.status.values[above] == "converged")
-    # runs that failed: diverged, or stalled well above R_min
-    fin = ds.final_excess_risk.values[above]
-    assert np.all((ds.status.values[above] == "diverged") | (fin > 1e-4))
+    # runs that failed: diverged, or still thrown well above R_min in their last quarter. Above
+    # the edge GD is chaotic and a single record can sit low by chance (the last one at 4e-6
+    # once, between records of 0.6: a change at round-off in the compiled program moved it).
+    late = ds.excess_risk.values[above][:, -ds.sizes["record"] // 4:]
+    thrown = np.max(np.nan_to_num(late, nan=np.inf), axis=-1) > 1e-4  # NaN: after divergence
+    assert np.all((ds.status.values[above] == "diverged") | thrown)
     conv = ds.status.values == "converged"
     assert conv[~above].all()
     S = ds.final_sharpness.values[conv]

@@ -1,9 +1,14 @@
+import re
+from pathlib import Path
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gflow import linalg, models, observables, problem
+import gflow
+from gflow import complementarity, linalg, models, observables, problem
 
 
 def _dense_and_lanczos(model, prob):
@@ -203,3 +208,51 @@ def test_top_singular_triplet_of_a_wide_layer():
     s, u, v = linalg.top_singular_triplet(jnp.asarray(W))
     assert float(s) == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
     np.testing.assert_allclose(W @ np.asarray(v), float(s) * np.asarray(u), atol=1e-11)
+
+
+def _lapack_operands(fn, *args) -> list[tuple[str, tuple[int, ...]]]:
+    """(kernel, shape of its first operand) of every LAPACK call in fn's CPU program."""
+    text = jax.jit(fn).lower(*args).as_text()
+    calls = re.findall(r"custom_call @(lapack_\w+)\(.*?\) .*?: \(tensor<([0-9x]+)x?f64>", text)
+    return [(name, tuple(int(n) for n in dims.split("x") if n)) for name, dims in calls]
+
+
+def test_a_planted_batched_lapack_call_is_seen():
+    eigs = _lapack_operands(jax.vmap(jnp.linalg.eigh), jnp.ones((3, 4, 4)))
+    assert eigs == [("lapack_dsyevd_ffi", (3, 4, 4))]
+
+
+def test_every_lapack_call_takes_one_matrix_even_under_vmap():
+    """jaxlib 0.10 spreads a batched CPU LAPACK call over XLA's thread pool and blocks on it,
+    which can deadlock a 2-core machine (docs/design.md, "A hang in XLA:CPU"): under `vmap`
+    (sweeps, GD grids), each of gflow's calls must still get one matrix."""
+    prob = problem.gaussian(20, 5, seed=0)
+    model = models.mlp(jax.random.key(7), [5, 5, 5, 5, 3, 3, 1], 0.6)
+    params, static = eqx.partition(model, eqx.is_array)
+    stacked = jax.tree.map(lambda w: jnp.stack([w, 1.1 * w]), params)
+    names = (*observables.defaults(model), "partial_product_extremes", "top_eigenvalues")
+
+    def everything(params):
+        m = eqx.combine(params, static)
+        values = [o(m, prob, m) for o in observables.get(names)]
+        f, x = observables.flat_risk(m, prob)
+        values.append(linalg.eigvalsh(linalg.dense_hessian(f, x)))
+        F, X, active = jnp.eye(6) + x[:36].reshape(6, 6), jnp.diag(x[:3]), x[:3] > 0  # k = 3 eigenvalues
+        values += [complementarity.equality_solution(F, x[:6], active),
+                   complementarity.smallest_active_eigenvalue(X, active)]
+        return values
+
+    calls = _lapack_operands(jax.vmap(everything), stacked)
+    assert {name for name, _ in calls} >= {"lapack_dsyevd_ffi", "lapack_dgesdd_ffi", "lapack_dgetrf_ffi"}
+    assert all(len(shape) == 2 for _, shape in calls), calls
+
+
+def test_lapack_is_called_through_linalg_only():
+    """The decompositions and solves of `jnp.linalg` (all but `norm`) appear in gflow/linalg.py
+    only, where their `vmap` is a loop (the test above)."""
+    pattern = re.compile(r"jnp\.linalg\.(?!norm\b)\w+|jax\.scipy\.linalg|lax\.linalg")
+    root = Path(gflow.__file__).parent
+    found = [f"{p.relative_to(root)}: {m.group()}" for p in sorted(root.rglob("*.py")) if p.name != "linalg.py"
+             for m in pattern.finditer(p.read_text(encoding="utf-8"))]
+    assert found == []
+    assert pattern.search("x = jnp.linalg.svd(w)") and not pattern.search("jnp.linalg.norm(w)")

@@ -91,7 +91,7 @@ def _flat(model: DeepLinear):
 
 def _ends(f, x, dense: bool):
     if dense:
-        eig = jnp.linalg.eigvalsh(linalg.dense_hessian(f, x))
+        eig = linalg.eigvalsh(linalg.dense_hessian(f, x))
     else:
         _, lin = jax.linearize(jax.grad(f), x)
         eig = linalg.lanczos_ritz_values(lin, x.shape[0], LANCZOS_STEPS)
