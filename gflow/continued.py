@@ -44,10 +44,6 @@ class Continued(eqx.Module):
 CONTINUED: dict[str, Continued] = {}
 """The observables that [`along`][] continues from save to save, by name."""
 
-WEIGHTS = "_weights"
-"""Where a solve saves the trainable leaves for [`along`][] (not an observable)."""
-
-
 def continues(name: str, init: Callable):
     """Decorator adding `step(model, problem, carry) -> (value, carry)` to `CONTINUED` as
     the continued form of the registered observable `name` (see [`Continued`][])."""
@@ -71,38 +67,36 @@ def split(observables: Sequence[Observable]) -> tuple[tuple[Observable, ...], tu
     return tuple(o for o in observables if not warm(o)), tuple(o for o in observables if warm(o))
 
 
-def along(observables: Sequence[Observable], weights, static, problem: Problem, initial=None) -> dict:
-    """Every one of `observables` at each saved state, by name: `weights` holds the trainable
-    leaves with a leading axis of saves in time order, the network's other leaves are in
-    `static`, `initial` is the network at t = 0 (for observables that compare with it). A
-    `lax.scan` carries each continued observable's state (see `CONTINUED`) from one save to
-    the next; the others are evaluated at each save on their own. Diffrax fills the slots
-    after the end of a solve with inf: there every observable gets NaN (a continued one
-    without running its eigensolver, passing the carry on unchanged; `trim` drops them)."""
-    plain, warm = split(observables)
+def along(warm: Sequence[Observable], states, static, problem: Problem, each: Callable[..., dict]) -> dict:
+    """What each saved state holds, by name. `states` are the saved states y = (W, E) with a
+    leading axis of saves in time order (W the trainable leaves; the network's other leaves
+    are in `static`). A `lax.scan` carries the state of each continued observable in `warm`
+    (see `CONTINUED`) from one save to the next; `each(y)` is the rest of a save, a dict
+    evaluated at each save on its own. Diffrax fills the slots after the end of a solve with
+    inf: there everything is NaN (`trim` drops them). `each` runs there at y = 0, since
+    LAPACK prints warnings on stdout when its input holds inf; a continued observable skips
+    its eigensolver and passes its carry on unchanged."""
     forms = [CONTINUED[o.name] for o in warm]
-    first = eqx.combine(jax.tree.map(lambda w: w[0], weights), static)
+    first = eqx.combine(jax.tree.map(lambda w: w[0], states[0]), static)
 
     def compute(params, carry):
         model = eqx.combine(params, static)
         out = [c.step(model, problem, s) for c, s in zip(forms, carry)]
-        return tuple(jnp.asarray(v, jnp.float64) for v, _ in out), tuple(s for _, s in out)
+        return {o.name: jnp.asarray(v, jnp.float64) for o, (v, _) in zip(warm, out)}, tuple(s for _, s in out)
 
-    def step(carry, params):
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(params)]))
-        shapes = jax.eval_shape(compute, params, carry)[0]
+    def step(carry, y):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(y)]))
+        shapes = jax.eval_shape(compute, y[0], carry)[0]
 
         def skip(params, carry):
-            return tuple(jnp.full(v.shape, jnp.nan, v.dtype) for v in shapes), carry
+            return {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in shapes.items()}, carry
 
-        values, carry = jax.lax.cond(finite, compute, skip, params, carry)
-        # The others outside the cond (it ran them slower), at zero weights where unused:
-        # LAPACK prints warnings on stdout when its input holds inf.
-        model = eqx.combine(jax.tree.map(lambda w: jnp.where(finite, w, 0.0), params), static)
-        return carry, tuple(jnp.where(finite, o(model, problem, initial), jnp.nan) for o in plain) + values
+        values, carry = jax.lax.cond(finite, compute, skip, y[0], carry)
+        # The rest outside the cond (it ran slower inside).
+        rest = each(jax.tree.map(lambda w: jnp.where(finite, w, 0.0), y))
+        return carry, {**{k: jnp.where(finite, v, jnp.nan) for k, v in rest.items()}, **values}
 
-    _, values = jax.lax.scan(step, tuple(c.init(first, problem) for c in forms), weights)
-    return {o.name: v for o, v in zip((*plain, *warm), values)}
+    return jax.lax.scan(step, tuple(c.init(first, problem) for c in forms), states)[1]
 
 
 def _no_eigenvectors(k: Callable):

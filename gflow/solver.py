@@ -208,37 +208,21 @@ def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observa
     t1 = ts[-1] if t1 is None else t1
     # An observable that continues from the previous save (Lanczos from the last eigenvector)
     # needs the saved weights. Then, and for dynamics with records (the modified and central
-    # flows'), what is saved is computed after the solve from the saved states (observables
-    # by `continued.along`, records by `_records_at`): compiled once instead of at every
-    # place Diffrax saves.
-    after = bool(continued.split(observables)[1]) or bool(dynamics.RECORDS)
+    # flows'), the solve saves its state y only and what a save holds is computed after it
+    # (`continued.along`): compiled once instead of at every place Diffrax saves.
+    plain, warm = continued.split(observables)
+    after = bool(warm) or bool(dynamics.RECORDS)
 
     def save(t, y, args):
-        return {ENERGY: y[1], continued.WEIGHTS: y[0]} if after else record(observables, y, args, dynamics)
+        return y if after else record(observables, y, args, dynamics)
 
     sol = diffeqsolve(y0, static, problem, initial, t0, t1, save_points(jnp.clip(ts, t0, t1), save, dense), stop,
                       options, dynamics)
     if not after:
         return sol
-    saved = dict(sol.ys[0])
-    weights = saved.pop(continued.WEIGHTS)
-    saved.update(continued.along(observables, weights, static, problem, initial))
-    saved.update(_records_at(dynamics, (weights, saved[ENERGY]), (static, problem, initial)))
+    args = (static, problem, initial)
+    saved = continued.along(warm, sol.ys[0], static, problem, lambda y: record(plain, y, args, dynamics))
     return eqx.tree_at(lambda s: s.ys, sol, (saved, *sol.ys[1:]))
-
-
-def _records_at(dynamics, states, args) -> dict:
-    """The dynamics' records at each saved state y = (W, E) (leading axis: saves); NaN at the
-    slots Diffrax left unused (inf), evaluated there at zero weights (see `continued.along`)."""
-    if not dynamics.RECORDS:
-        return {}
-
-    def one(y):
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(y)]))
-        y = jax.tree.map(lambda w: jnp.where(finite, w, 0.0), y)
-        return {k: jnp.where(finite, v, jnp.nan) for k, v in dynamics.records(y, args).items()}
-
-    return jax.lax.map(one, states)
 
 
 def as_save_times(times) -> jax.Array:

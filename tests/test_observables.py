@@ -111,13 +111,19 @@ def test_along_continues_eigensolvers_from_save_to_save_and_skips_unused_slots()
     model, prob = _saddle()
     params, static = eqx.partition(model, models.trainable(model))
     scales = [1.0, 1.02, 1.05, 1.5, 3.0, np.inf]  # a slowly moving point, then a jump, then an unused slot
-    weights = jax.tree.map(lambda w: jnp.stack([w * s for s in scales]), params)
-    out = continued.along(obs.get(["sharpness", "top_eigenvalues"]), weights, static, prob)
+    states = (jax.tree.map(lambda w: jnp.stack([w * s for s in scales]), params), jnp.zeros(len(scales)))
+
+    def each(y):
+        return {"risk": obs.risk(eqx.combine(y[0], static), prob)}
+
+    out = continued.along(obs.get(["sharpness", "top_eigenvalues"]), states, static, prob, each)
     for i, s in enumerate(scales[:-1]):
-        top = _dense_top(eqx.combine(jax.tree.map(lambda w: w * s, params), static), prob)
+        scaled = eqx.combine(jax.tree.map(lambda w: w * s, params), static)
+        top = _dense_top(scaled, prob)
         assert float(out["sharpness"][i]) == pytest.approx(top[0], rel=1e-10)
         np.testing.assert_allclose(out["top_eigenvalues"][i], top, rtol=0, atol=1e-10 * abs(top[0]))
-    assert np.isnan(out["sharpness"][-1]) and np.all(np.isnan(out["top_eigenvalues"][-1]))
+        assert float(out["risk"][i]) == pytest.approx(float(obs.risk(scaled, prob)), rel=1e-14)
+    assert np.isnan(out["sharpness"][-1]) and np.all(np.isnan(out["top_eigenvalues"][-1])) and np.isnan(out["risk"][-1])
 
 
 def test_a_solve_records_the_top_hessian_eigenvalues_at_every_save():
