@@ -33,7 +33,6 @@
 
 # %%
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown
@@ -163,7 +162,7 @@ plt.show()
 def dense_sharpness(model, problem):
     """λ_max(∇²R) from the dense Hessian (exact; for small networks)."""
     risk, flat = gflow.observables.flat_risk(model, problem)
-    return jnp.linalg.eigvalsh(gflow.linalg.dense_hessian(risk, flat))[-1]
+    return gflow.linalg.eigvalsh(gflow.linalg.dense_hessian(risk, flat))[-1]
 
 
 paper = problem.gaussian(50, 5, noise=0.0, seed=0)
