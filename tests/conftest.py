@@ -69,6 +69,17 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ.pop("GFLOW_TEST_CACHE"), ignore_errors=True)
 
 
+LONGEST_FIRST = ("test_notebooks.py", "test_code_blocks.py", "test_faults.py", "test_finite_step_runs.py")
+"""The test files with the most work (2–4 minutes each on 2 cores, by `--durations`): collected
+first, so that `--dist loadfile` starts them at once and the short files fill the end, rather
+than a long file starting last on one worker while the other idles."""
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 OBSERVABLES = (
     "risk",
     "excess_risk",
