@@ -40,8 +40,19 @@ class Observable(eqx.Module):
     def __call__(self, model, problem, initial):
         return jnp.asarray(self.fn(model, problem, initial), jnp.float64)
 
+    @property
+    def portable_name(self) -> str | None:
+        """Its name, for gflow's own observables (the same code in every process at the same
+        gflow source); None for one registered by the user (`compilation.exported`)."""
+        built_in = BUILT_IN.get(self.name)
+        ours = built_in is not None and built_in.fn is self.fn and built_in.dims == self.dims
+        return f"observable:{self.name}" if ours else None
+
 
 REGISTRY: dict[str, Observable] = {}
+BUILT_IN: dict[str, Observable] = {}
+"""The observables that gflow's own modules register (a user's re-registration replaces
+the name in `REGISTRY` only)."""
 
 
 def register(name: str, dims: Sequence[str] = (), description: str | None = None, linear_only: str | None = None):
@@ -60,6 +71,8 @@ def register(name: str, dims: Sequence[str] = (), description: str | None = None
         call = fn if n_args >= 3 else (lambda model, problem, initial: fn(model, problem))
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
         REGISTRY[name] = Observable(name, call, tuple(dims), doc, linear_only)
+        if fn.__module__.partition(".")[0] == "gflow":
+            BUILT_IN[name] = REGISTRY[name]
         return fn
 
     return decorator

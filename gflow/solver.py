@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from . import continued, observables as obs
+from . import compilation, continued, observables as obs
 from .compilation import trace_once
 from .dynamics import GradientFlow
 from .models import end_to_end
@@ -197,6 +197,7 @@ class EventBisection(optx.Bisection):
         return super().postprocess(self._scalar(fn), y, aux, args, options, state, tags, result)
 
 
+@compilation.exported
 @eqx.filter_jit
 def integrate(y0, static, problem, initial, ts, stop, options: Numerics, observables, t0=None, t1=None,
               dynamics=GRADIENT_FLOW, dense: bool = False):
