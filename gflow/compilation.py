@@ -86,7 +86,7 @@ class Unportable(Exception):
 def exported(fn):
     """`fn` (an `eqx.filter_jit` function) whose traced and lowered program is kept on disk
     beside the compilation cache, with `jax.export`, so that a later process skips Python
-    tracing and lowering (2–4 s of a warm `gflow run`) and only reads back the compiled
+    tracing and lowering (~2 s of a warm `gflow run`) and only reads back the compiled
     program. The program run is the same StableHLO: its results equal `fn`'s bit for bit
     (tests/test_exported.py).
 
