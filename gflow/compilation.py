@@ -199,7 +199,7 @@ def _describe(x) -> str:
     portable = getattr(x, "portable_name", None)
     if isinstance(portable, str):
         return portable
-    if isinstance(x, type) or callable(x) and not dataclasses.is_dataclass(x):
+    if isinstance(x, type) or (callable(x) and not dataclasses.is_dataclass(x)):
         return _qualified(x)
     if dataclasses.is_dataclass(x):
         fields = ",".join(f"{f.name}={_describe(getattr(x, f.name, None))}" for f in dataclasses.fields(x))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -117,8 +118,6 @@ def _key(**changes):
                         gflow.FlowOptions(**{**OPTIONS, **changes.get("options", {})}), changes.get("observables"))
     finally:
         solver.integrate = real
-    import equinox as eqx
-
     dynamic, static = eqx.partition((captured["args"], captured["kwargs"]), eqx.is_array)
     return compilation.program_key(real, static, jax.tree.leaves(dynamic))
 
