@@ -15,11 +15,12 @@ import importlib.metadata
 import os
 import pickle
 import sys
-import threading
 
 import equinox as eqx
 import jax
 import numpy as np
+
+from . import files
 
 
 def trace_once(fn):
@@ -111,21 +112,27 @@ def exported(fn):
         _PROGRAMS[key] = program
         if program is None:  # jax.export refused it: traced as it is (an error of fn's is raised here)
             return fn(*args, **kwargs)
-        run, skeleton = program
+        run, skeleton, tree = program
         outputs = iter(run(*leaves))
-        flat, tree = jax.tree.flatten(skeleton, is_leaf=_is_slot)
-        return jax.tree.unflatten(tree, [next(outputs) if _is_slot(x) else x for x in flat])
+        return jax.tree.unflatten(tree, [next(outputs) if _is_slot(x) else x for x in skeleton])
 
     return functools.wraps(fn)(call)
 
 
 _PROGRAMS: dict = {}
-"""Programs read or exported by this process: key → (compiled call, output skeleton), or None
-where `jax.export` refused the program."""
+"""Programs read or exported by this process: key → [`_entry`][], or None where `jax.export`
+refused the program."""
 
 
 def _is_slot(x) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _entry(program: jax.export.Exported, skeleton):
+    """(the program's compiled call, the skeleton's leaves, its structure): a stored
+    program ready to run, its output rebuilt by putting the arrays into the slots."""
+    flat, tree = jax.tree.flatten(skeleton, is_leaf=_is_slot)
+    return jax.jit(program.call), flat, tree
 
 
 def _exported_folder() -> str | None:
@@ -152,16 +159,10 @@ def _export(fn, folder: str, key: str, dynamic, static):
         blob = pickle.dumps((bytes(program.serialize()), box["skeleton"]))
     except Exception:  # noqa: BLE001 (host callbacks, an unpicklable output, or fn's own error)
         return None
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    with contextlib.suppress(OSError):  # a read-only or full folder costs the next process a trace
+        with files.atomic_path(os.path.join(folder, key)) as tmp, open(tmp, "wb") as f:
             f.write(blob)
-        os.replace(tmp, os.path.join(folder, key))
-    except OSError:  # a read-only or full cache folder costs the next process a trace, nothing else
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-    return jax.jit(program.call), box["skeleton"]
+    return _entry(program, box["skeleton"])
 
 
 def _load(folder: str, key: str):
@@ -173,14 +174,15 @@ def _load(folder: str, key: str):
         program = jax.export.deserialize(bytearray(blob))
     except Exception:  # noqa: BLE001 (missing, truncated, from another version: all mean "trace it")
         return None
-    return jax.jit(program.call), skeleton
+    return _entry(program, skeleton)
 
 
 def program_key(fn, static, leaves) -> str:
     """The digest naming `fn`'s program for these static arguments and array shapes."""
     parts = [
-        f"{fn.__module__}.{fn.__qualname__}", _source_digest(), _versions(), jax.default_backend(), os.environ.get("XLA_FLAGS", ""),
-        os.environ.get("EQX_ON_ERROR", ""), str(jax.config.jax_enable_x64), _describe(static),
+        f"{fn.__module__}.{fn.__qualname__}", _source_digest(), _versions(), jax.default_backend(),
+        os.environ.get("XLA_FLAGS", ""), os.environ.get("EQX_ON_ERROR", ""), str(jax.config.jax_enable_x64),
+        _describe(static),
         ";".join(f"{x.shape}{x.dtype}{'w' if getattr(x, 'weak_type', False) else ''}" for x in leaves),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -230,9 +232,7 @@ def _source_digest() -> str:
         dirs.sort()
         for name in sorted(n for n in names if n.endswith(".py")):
             path = os.path.join(folder, name)
-            digest.update(os.path.relpath(path, root).encode())
-            with open(path, "rb") as f:
-                digest.update(f.read())
+            digest.update(f"{os.path.relpath(path, root)} {files.sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
