@@ -17,6 +17,7 @@ import numpy as np
 import optimistix as optx
 
 from . import compilation, continued, observables as obs
+from .stabilized import RKC2
 from .compilation import trace_once
 from .dynamics import GradientFlow
 from .models import end_to_end
@@ -31,8 +32,11 @@ SOLVERS = {
     "kvaerno3": diffrax.Kvaerno3,
     "kvaerno4": diffrax.Kvaerno4,
     "kvaerno5": diffrax.Kvaerno5,
+    "rkc2": RKC2,
 }
-"""Adaptive solvers by name; the kvaerno* are implicit (for stiff flows)."""
+"""Adaptive solvers by name. For stiff flows: "rkc2", explicit with as many stages per step
+as stability needs (`gflow.stabilized`; gradient and modified flows), and the kvaerno*,
+implicit (a dense Jacobian per step: small networks)."""
 
 STATUSES = ("converged", "reached_t_max", "max_steps", "non_finite", "solver_failed")
 

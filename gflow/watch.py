@@ -10,7 +10,8 @@ Stiffness (theory.md §6): an explicit Runge–Kutta method is stable on the gra
 flow near W only for steps h with h·S(W) below a constant of order 3 (S the sharpness), so
 when the controller's steps sit at h·S ≳ `STIFF_PRODUCT` they are held by stability, not
 accuracy, and a flow with large S needs ~t_max·S/3 steps. The watch says so once, with what
-to do about it (an implicit solver), in the progress and in the Dataset's attrs.
+to do about it (a solver for stiff flows, `STIFF_SOLVERS`), in the progress and in the
+Dataset's attrs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ JUDGE_AFTER_S = 10.0
 """Stiffness is judged only once a solve has run this long (wall seconds): the judgement
 costs a sharpness evaluation (and its compilation), and only a long solve needs it."""
 
-IMPLICIT = ("kvaerno3", "kvaerno4", "kvaerno5")
+STIFF_SOLVERS = ("rkc2", "kvaerno3", "kvaerno4", "kvaerno5")
+"""Solvers whose steps are not held near h·S ~ 3: RKC2 adds stages as h·S grows
+(`gflow.stabilized`), the kvaerno* are implicit. Their solves are not judged."""
 
 
 class Watch:
@@ -56,7 +59,7 @@ class Watch:
         judgement the first time (it costs one sharpness evaluation)."""
         wall = time.perf_counter() - self.start
         self.report(f"t = {t:.4g} of {self.t_max:.4g}, {steps} steps, step size {dt:.2e}, {wall:.0f} s")
-        if self.note or self.solver_name in IMPLICIT or not dt > 0 or wall < JUDGE_AFTER_S:
+        if self.note or self.solver_name in STIFF_SOLVERS or not dt > 0 or wall < JUDGE_AFTER_S:
             return
         S = sharpness(model, problem)
         needed = steps + (self.t_max - t) / dt
@@ -64,8 +67,9 @@ class Watch:
             self.note = (
                 f"stiff: steps of {dt:.1e} are held near {self.solver_name}'s stability limit (sharpness S = {S:.2e}, "
                 f"h·S = {dt * S:.1f}); at this pace t_max = {self.t_max:g} is {needed:.0e} steps away and max_steps is "
-                f"{self.max_steps}. Unless the flow converges first, use an implicit solver (flow.solver = "
-                f"\"kvaerno5\") or a shorter t_max."
+                f"{self.max_steps}. Unless the flow converges first, use a solver for stiff flows: flow.solver = "
+                f"\"rkc2\" (explicit, its stages grow like √(h·S); gradient and modified flows), or "
+                f"\"kvaerno5\" (implicit, a dense Jacobian per step: small networks); or a shorter t_max."
             )
             self.report(self.note)
 

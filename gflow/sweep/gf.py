@@ -13,7 +13,8 @@ ends: members of very different stiffness in one chunk cost the steps of the sti
 
 A member that `flow.solve` would integrate otherwise (the arc-length clock, picked by
 `clock = "auto"` from its plateau time or asked for, or another `dynamics`) is solved by
-`flow.solve` itself, one at a time.
+`flow.solve` itself, one at a time, and so is a member solved by a solver whose work per
+step is its own (`UNBATCHED`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ from .. import flow, solver
 from .. import observables as obs
 from ..clock import AUTO_PLATEAU_TIME, plateau_time
 from ..models import trainable
+
+
+UNBATCHED = ("rkc2",)
+"""Solvers whose members are solved one at a time: RKC2's stage count follows each member's
+stiffness, and in a batch every step of every member would take the stiffest member's
+stages (measured on the GELU experiment's point at scale 0.7: 4 members one at a time in
+27 s after compiling; 20 members batched had not finished after 17 min)."""
 
 
 def gf_point(models: Sequence, problem, options: Sequence[flow.FlowOptions], names: Sequence[str]) -> dict:
@@ -68,8 +76,9 @@ def gf_point(models: Sequence, problem, options: Sequence[flow.FlowOptions], nam
 
 
 def _plain_gf(model, problem, options: flow.FlowOptions) -> bool:
-    """Whether `flow.solve` integrates this one as gradient flow in plain time."""
-    if options.dynamics != "gradient_flow" or options.clock == "arclength":
+    """Whether this one joins the batch: `flow.solve` integrates it as gradient flow in
+    plain time, with a solver that batches well."""
+    if options.dynamics != "gradient_flow" or options.clock == "arclength" or options.solver in UNBATCHED:
         return False
     if options.clock == "plain":
         return True
