@@ -65,8 +65,11 @@ def test_stable_at_steps_hundreds_of_times_the_explicit_limit():
 
 def test_adaptive_meets_its_tolerance_with_a_fraction_of_the_evaluations():
     """At rtol = atol = 1e-6 on the stiff equation: the error stays within the sum of the
-    per-step budgets (the flow contracts, so local errors do not grow), and RKC2 calls the
-    vector field (its Jacobian-vector products included) under 1/5 as often as Tsit5."""
+    per-step budgets (the flow contracts, so local errors do not grow; a step's budget is
+    atol + rtol·|y| ≤ 2e-6 in the RMS norm over the 30 components, so √30 times that in
+    the worst one; observed 4e-5 against the bound's 5e-3), and RKC2 calls the vector
+    field (its Jacobian-vector products included) under 1/5 as often as Tsit5 (4,265 and
+    65,375 calls, measured)."""
     calls = []
     field, exact, y0 = _forced(RATES)
 
@@ -81,7 +84,7 @@ def test_adaptive_meets_its_tolerance_with_a_fraction_of_the_evaluations():
         evaluations[type(solver).__name__] = len(calls)
         errors[type(solver).__name__] = np.max(np.abs(sol.ys[-1] - exact(3.0)))
         if isinstance(solver, RKC2):
-            assert errors["RKC2"] < int(sol.stats["num_accepted_steps"]) * 1e-6 * 2
+            assert errors["RKC2"] < int(sol.stats["num_accepted_steps"]) * 2e-6 * np.sqrt(len(RATES))
     assert evaluations["RKC2"] < evaluations["Tsit5"] / 5, evaluations
 
 
