@@ -107,9 +107,9 @@ def exported(fn):
             key = program_key(fn, static, leaves)
         except Unportable:
             return fn(*args, **kwargs)
-        program = _PROGRAMS[key] if key in _PROGRAMS else _load(folder, key) or _export(fn, folder, key, dynamic,
-                                                                                        static)
-        _PROGRAMS[key] = program
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = _load(folder, key) or _export(fn, folder, key, dynamic, static)
+        program = _PROGRAMS[key]
         if program is None:  # jax.export refused it: traced as it is (an error of fn's is raised here)
             return fn(*args, **kwargs)
         run, skeleton, tree = program

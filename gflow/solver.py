@@ -17,10 +17,10 @@ import numpy as np
 import optimistix as optx
 
 from . import compilation, continued, observables as obs
-from .stabilized import RKC2
 from .compilation import trace_once
 from .dynamics import GradientFlow
 from .models import end_to_end
+from .stabilized import RKC2
 
 SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -37,6 +37,10 @@ SOLVERS = {
 """Adaptive solvers by name. For stiff flows: "rkc2", explicit with as many stages per step
 as stability needs (`gflow.stabilized`; gradient and modified flows), and the kvaerno*,
 implicit (a dense Jacobian per step: small networks)."""
+
+STIFF_SOLVERS = tuple(name for name, cls in SOLVERS.items() if issubclass(cls, (diffrax.AbstractImplicitSolver, RKC2)))
+"""Solvers whose steps are not held near h·S ~ 3 on a stiff flow: the implicit ones, and RKC2,
+which adds stages as h·S grows."""
 
 STATUSES = ("converged", "reached_t_max", "max_steps", "non_finite", "solver_failed")
 

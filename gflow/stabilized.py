@@ -32,6 +32,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from . import linalg
+from .observables import squared_norm
 
 DAMPING = 2.0 / 13.0
 """ε of the damped Chebyshev polynomials (w₀ = 1 + ε/s²): the stability function stays below 1
@@ -65,12 +69,11 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
         return 3  # the estimate is O(h³): the step-size factor is error^(−1/3), as in rkc.f
 
     def init(self, terms, t0, t1, y0, args):
-        """(the field at y0, the power iteration's vector, its last estimate of ρ)."""
-        leaves, treedef = jax.tree.flatten(y0)
-        keys = jax.random.split(jax.random.key(0), len(leaves))
-        v = jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)])
-        v = _scale(v, 1 / _norm(v))
-        return terms.vf(t0, y0, args), v, jnp.zeros((), jnp.result_type(*leaves))
+        """(the field at y0, the power iteration's vector: Lanczos's fixed pseudo-random unit
+        start, its last estimate of ρ)."""
+        flat, unflatten = ravel_pytree(y0)
+        v = unflatten(jnp.asarray(linalg.start_vectors(1, flat.size)[0], flat.dtype))
+        return terms.vf(t0, y0, args), v, jnp.zeros((), flat.dtype)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         f0, v, rho = solver_state
@@ -92,14 +95,6 @@ class RKC2(diffrax.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args)
 
 
-def _norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree.leaves(tree)))
-
-
-def _scale(tree, c):
-    return jax.tree.map(lambda x: c * x, tree)
-
-
 def _spectral_radius(jvp, v, rho, max_iterations: int):
     """Power iteration on the Jacobian from the unit vector `v`, until the estimate of
     ‖J‖ (the spectral radius of a symmetric J) moves by less than 1% from the last one
@@ -112,7 +107,7 @@ def _spectral_radius(jvp, v, rho, max_iterations: int):
     def iterate(state):
         i, v, new, _ = state
         w = jvp(v)
-        size = _norm(w)
+        size = jnp.sqrt(squared_norm(w))
         v = jax.tree.map(lambda a, b: jnp.where(size > 0, a / jnp.where(size > 0, size, 1), b), w, v)
         return i + 1, v, size, new
 

@@ -10,8 +10,8 @@ Stiffness (theory.md §6): an explicit Runge–Kutta method is stable on the gra
 flow near W only for steps h with h·S(W) below a constant of order 3 (S the sharpness), so
 when the controller's steps sit at h·S ≳ `STIFF_PRODUCT` they are held by stability, not
 accuracy, and a flow with large S needs ~t_max·S/3 steps. The watch says so once, with what
-to do about it (a solver for stiff flows, `STIFF_SOLVERS`), in the progress and in the
-Dataset's attrs.
+to do about it (a solver for stiff flows, `solver.STIFF_SOLVERS`, whose solves are not
+judged), in the progress and in the Dataset's attrs.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ JUDGE_AFTER_S = 10.0
 """Stiffness is judged only once a solve has run this long (wall seconds): the judgement
 costs a sharpness evaluation (and its compilation), and only a long solve needs it."""
 
-STIFF_SOLVERS = ("rkc2", "kvaerno3", "kvaerno4", "kvaerno5")
-"""Solvers whose steps are not held near h·S ~ 3: RKC2 adds stages as h·S grows
-(`gflow.stabilized`), the kvaerno* are implicit. Their solves are not judged."""
-
-
 class Watch:
     """Reports a long solve's progress to `report` (a callable taking one line; None: silent)
     and judges its stiffness once."""
@@ -59,7 +54,7 @@ class Watch:
         judgement the first time (it costs one sharpness evaluation)."""
         wall = time.perf_counter() - self.start
         self.report(f"t = {t:.4g} of {self.t_max:.4g}, {steps} steps, step size {dt:.2e}, {wall:.0f} s")
-        if self.note or self.solver_name in STIFF_SOLVERS or not dt > 0 or wall < JUDGE_AFTER_S:
+        if self.note or self.solver_name in solver.STIFF_SOLVERS or not dt > 0 or wall < JUDGE_AFTER_S:
             return
         S = sharpness(model, problem)
         needed = steps + (self.t_max - t) / dt

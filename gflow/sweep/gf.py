@@ -32,9 +32,10 @@ from .. import flow, solver
 from .. import observables as obs
 from ..clock import AUTO_PLATEAU_TIME, plateau_time
 from ..models import trainable
+from ..stabilized import RKC2
 
 
-UNBATCHED = ("rkc2",)
+UNBATCHED = tuple(name for name, cls in solver.SOLVERS.items() if issubclass(cls, RKC2))
 """Solvers whose members are solved one at a time: RKC2's stage count follows each member's
 stiffness, and in a batch every step of every member would take the stiffest member's
 stages (measured on the GELU experiment's point at scale 0.7: 20 members batched took
