@@ -186,6 +186,27 @@ def test_lanczos_top_restarts_when_the_basis_is_full():
     assert float(pairs.values[0]) == pytest.approx(1.0, rel=1e-11)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_lanczos_top_on_a_basis_past_the_cache_reads_only_its_rows_in_use(k, monkeypatch):
+    """A basis of ≥ `SKIP_ZERO_ROWS_FROM` bytes is reorthogonalized against its rows in use
+    only: through restarts and with a block, the same eigenpairs as against every row."""
+    dim = 20_000  # 8 or 12 rows: 1.3 or 1.9 MB
+    d = jnp.asarray(np.concatenate([[1.0, 0.97, 0.9], np.random.default_rng(7).uniform(-1.0, 0.85, dim - 3)]))
+    start = jnp.asarray(linalg.start_vectors(k, dim))
+    assert 8 * max(8, 6 * k) * dim >= linalg.SKIP_ZERO_ROWS_FROM
+
+    def run():
+        return jax.jit(lambda s: linalg.lanczos_top(lambda v: d * v, s, 400))(start)
+
+    rows_in_use = run()
+    monkeypatch.setattr(linalg, "SKIP_ZERO_ROWS_FROM", np.inf)
+    every_row = run()
+    assert int(rows_in_use.products) > max(8, 6 * k)  # it restarted
+    np.testing.assert_allclose(rows_in_use.values, [1.0, 0.97][:k], rtol=1e-11)
+    np.testing.assert_allclose(rows_in_use.values, every_row.values, rtol=1e-13)
+    assert abs(int(rows_in_use.products) - int(every_row.products)) <= 2
+
+
 def test_lanczos_top_block_finds_every_copy_and_stops_on_an_exhausted_space():
     rng = np.random.default_rng(1)
     A, _ = _spectrum(np.concatenate([[5.0, 5.0, 3.0], rng.uniform(0, 1, 20)]), seed=6)
@@ -208,6 +229,25 @@ def test_top_singular_triplet_of_a_wide_layer():
     s, u, v = linalg.top_singular_triplet(jnp.asarray(W))
     assert float(s) == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
     np.testing.assert_allclose(W @ np.asarray(v), float(s) * np.asarray(u), atol=1e-11)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+@pytest.mark.parametrize("sigma", [(3.0, 1e-5, 2e-7, 0.0), (2.0, 2.0, 1e-3, 0.0)], ids=["near_rank_one", "degenerate"])
+def test_rank_one_residual_is_the_tail_of_the_singular_values(shape, sigma):
+    """‖W − σ₁u₁v₁ᵀ‖_F² = σ₂² + σ₃² + ⋯ to the accuracy of an SVD's tail, where the
+    difference ‖W‖_F² − σ₁² loses everything to cancellation. The reference is LAPACK's SVD
+    of the stored W: its σ₂ = 1e-5 is exact to ~ε σ₁ = 7e-16, i.e. 1.4e-10 relative on σ₂²."""
+    rng = np.random.default_rng(3)
+    U = np.linalg.qr(rng.standard_normal((shape[0], shape[0])))[0][:, :4]
+    V = np.linalg.qr(rng.standard_normal((shape[1], shape[1])))[0][:, :4]
+    W = (U * np.asarray(sigma)) @ V.T
+    tail = np.sum(np.linalg.svd(W, compute_uv=False)[1:] ** 2)
+    got = float(linalg.rank_one_residual(jnp.asarray(W)))
+    assert got == pytest.approx(tail, rel=1e-9)
+    if sigma[1] < 1e-3:  # the cancelling form is far off: the check above can fail
+        naive = np.sum(W**2) - np.linalg.norm(W, 2) ** 2
+        assert abs(naive - tail) > 1e-7 * tail
+    assert float(linalg.rank_one_residual(jnp.asarray(W[:1]))) == 0.0  # a row has rank one
 
 
 def _lapack_operands(fn, *args) -> list[tuple[str, tuple[int, ...]]]:
