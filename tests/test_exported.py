@@ -1,5 +1,5 @@
-"""`compilation.exported`: a solve's traced program kept on disk and read back by a later
-process, with the results of the program traced in place, bit for bit.
+"""`compilation.exported`: a solve's (or a check's) traced program kept on disk and read back by
+a later process, with the results of the program traced in place, bit for bit.
 
 The suite runs with a compilation cache (tests/conftest.py), so every solve of the other
 tests goes through the stored programs; here they are compared with the direct path and
@@ -16,6 +16,7 @@ import pytest
 
 import gflow
 from gflow import compilation, flow, models, observables, problem, solver
+from gflow.theory import curvature
 
 OPTIONS = dict(rtol=1e-8, atol=1e-10, t_max=50.0, saves=12, stop_at_excess_risk=1e-12, clock="plain")
 
@@ -58,6 +59,8 @@ RUNS = {
     "modified flow": lambda: gflow.solve(NET, PROB, gflow.FlowOptions(**OPTIONS, dynamics="modified", step_size=0.05),
                                          ["risk", "sharpness"]),
     "with interpolant": lambda: flow.solve_and_interpolate(NET, PROB, gflow.FlowOptions(**OPTIONS), ["risk"]),
+    "final curvature, dense": lambda: curvature.final_curvature(NET, PROB),
+    "final curvature, Lanczos": lambda: curvature.final_curvature(NET, PROB, dense_up_to=0),
 }
 
 

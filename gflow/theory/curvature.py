@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .. import linalg
+from .. import compilation, linalg
 from .. import observables as obs
 from ..models import DeepLinear, end_to_end, n_trainable, outputs, trainable
 from ..problem import Problem
@@ -98,6 +98,7 @@ def _ends(f, x, dense: bool):
     return eig[0], eig[-1]
 
 
+@compilation.exported
 @eqx.filter_jit
 def _extremes(model, problem, dense: bool):
     """(smallest, largest) eigenvalue of ∇²R."""
@@ -105,6 +106,7 @@ def _extremes(model, problem, dense: bool):
     return _ends(f, x, dense)
 
 
+@compilation.exported
 @eqx.filter_jit
 def _residual_extremes(model, problem, dense: bool):
     """(smallest, largest) eigenvalue of B = ∇²⟨g, F(W)⟩ with g = ∇ℓ(F) fixed."""
@@ -114,6 +116,7 @@ def _residual_extremes(model, problem, dense: bool):
     return _ends(lambda z: g @ features(network(z)), x, dense)
 
 
+@compilation.exported
 @eqx.filter_jit
 def _jacobian(model, problem):
     x, network = _flat(model)

@@ -84,7 +84,7 @@ def conservation(ctx: RunContext) -> list[Check]:
                                where=_interval_where(ctx, "interface"), note=why or budget))
     else:
         out.append(missing("conservation", stmt, src, "balance_drift"))
-    drift_end = np.asarray(obs.balance_drift(ctx.final, ctx.problem, ctx.initial))
+    drift_end = ctx.final_drift
     out.append(judge_worst("conservation_final_weights", stmt + " (recomputed from the stored initial and final "
                            "weights, within the whole run's budget)", src, drift_end, 0.0,
                            conservation_tolerance(ctx.N + 2, ctx.weight_max, ctx.delta), upper=True,
@@ -100,7 +100,7 @@ def final_consistency(ctx: RunContext) -> Check:
     src = "consistency of the stored trajectory (w(W_final) is the recorded end point)"
     if not ctx.is_linear:
         return _final_risk_consistency(ctx, name)
-    w = np.asarray(end_to_end(ctx.final))
+    w = np.asarray(end_to_end(ctx.final, unroll=True))  # eager: a scan would compile at each call
     pi = ds.pi_star.values
     lam = float(ds.attrs["lam"])
     if problem is not None and "excess_risk" in ds:

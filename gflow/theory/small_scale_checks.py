@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from ..models import MLP, row_product
-from ..observables import balance_drift
 from .closed_forms import assumption_a2, smallness
 from .context import RunContext
 from .tolerances import conservation_tolerance, distance_to_limit, lemma_tolerance, roundoff, sharpness_rtol
@@ -146,7 +145,8 @@ def _end_geometry(ctx: RunContext):
     sv = [s for _, s, _ in svds]
     align = np.array([float((svds[k + 1][2][0] @ svds[k][0][:, 0]) ** 2) for k in range(len(svds) - 1)])
     excess = float(ctx.ds.excess_risk.values[-1]) if "excess_risk" in ctx.ds else math.inf
-    mu = 4.0 * float(ctx.attrs["lam"]) * float(np.sum(np.asarray(row_product(ctx.final, skip=1)) ** 2))
+    row = row_product(ctx.final, skip=1, unroll=True)  # eager: a scan would compile at each call
+    mu = 4.0 * float(ctx.attrs["lam"]) * float(np.sum(np.asarray(row) ** 2))
     return sv, align, distance_to_limit(excess, mu)
 
 
@@ -154,7 +154,7 @@ def _at_the_limit(ctx: RunContext, end_ok: bool, note: str) -> list[Check]:
     """The corollary's statements about the limit, held at the stored final weights."""
     b, L, eps, t_end = ctx.bounds, ctx.depth, ctx.epsilon, ctx.t_end
     sv, align, ell = _end_geometry(ctx)
-    drift_end = np.asarray(balance_drift(ctx.final, None, ctx.initial))
+    drift_end = ctx.final_drift
     tol = float(lemma_tolerance(drift_end, ctx.interface_widths, ctx.weight_max**2))
     note = f"{note}; ℓ = {ell:.3g} bounds the distance from W_final to the limit"
     gaps = np.array([float(np.sum(s[1:] ** 2)) for s in sv])
