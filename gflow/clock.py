@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from . import observables as obs, solver
+from . import compilation, observables as obs, solver
 from .compilation import trace_once
 from .models import DeepLinear, trainable
 from .problem import Problem
@@ -70,6 +70,7 @@ def plateau_field(s, y, args):
     return (jax.tree.map(lambda x: -move * x, unit), energy), jax.nn.sigmoid(-log_q)
 
 
+@compilation.exported
 @eqx.filter_jit
 def plateau_time(model: DeepLinear, problem: Problem):
     """log10(‖W(0)‖/‖∇R(W(0))‖): the time the trainable weights need to move by their own
@@ -85,9 +86,10 @@ def plateau_time(model: DeepLinear, problem: Problem):
     ) / jnp.log(10.0)
 
 
-_suboptimality = eqx.filter_jit(obs.suboptimality)
+_suboptimality = compilation.exported(eqx.filter_jit(obs.suboptimality))
 
 
+@compilation.exported
 @eqx.filter_jit
 def integrate_plateau(y0, static, problem, initial, grid, clock, stop, options: solver.Numerics, observables):
     """Phase 1 of the "arclength" clock: σ from 0 until the switch, t_max, or failure.

@@ -7,6 +7,7 @@ the stored weights with NumPy, the sharpness from a dense Hessian, and the plain
 solver where it works.
 """
 
+import collections
 import math
 import time
 
@@ -215,21 +216,24 @@ def test_bad_clock_options_are_refused(kwargs, message):
         gflow.FlowOptions(**kwargs)
 
 
-def test_each_phase_compiles_one_solve_for_both_passes():
+def test_each_phase_compiles_one_solve_for_both_passes(monkeypatch):
     """The two passes of a phase (locate its end, then save along it) run one compiled
     program: their save grids must have the same type, not one weakly typed (measured: the
-    second trace and compilation doubled the cost of an arc-length solve)."""
+    second trace and compilation doubled the cost of an arc-length solve). With stored
+    programs (`compilation.exported`), one key per phase; without, one trace per phase."""
     from gflow import compilation, solver
 
     prob = problem.gaussian(17, 3, seed=4)  # shapes no other test compiles
     net = models.mlp(jax.random.key(4), models.mlp_widths(3, 3, 3), 0.5)
-    stored = compilation._exported_folder() is not None  # the ordinary-time solve's program is a stored one
-
-    def programs():
-        solves = len(compilation._PROGRAMS) if stored else solver.integrate._cached._cache_size()
-        return [clock.integrate_plateau._cached._cache_size(), solves]
-
-    before = programs()
+    phases = (clock.integrate_plateau.__wrapped__, solver.integrate.__wrapped__)
+    keys = collections.defaultdict(set)
+    real_key = compilation.program_key
+    monkeypatch.setattr(compilation, "program_key",
+                        lambda fn, static, leaves: keys[fn.__qualname__].add(k := real_key(fn, static, leaves)) or k)
+    before = [fn._cached._cache_size() for fn in phases]
     ds = flow.solve(net, prob, gflow.FlowOptions(t_max=1e4, saves=6, clock="arclength"), ["risk"])
     assert ds.attrs["clock"] == "arclength" and np.isfinite(ds.attrs["t_switch"])
-    assert [p - b for p, b in zip(programs(), before)] == [1, 1]
+    if compilation._exported_folder() is not None:
+        assert [len(keys[fn.__qualname__]) for fn in phases] == [1, 1], dict(keys)
+    else:
+        assert [fn._cached._cache_size() - b for fn, b in zip(phases, before)] == [1, 1]

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import observables as obs
+from .. import compilation, observables as obs
 from ..models import DeepLinear, end_to_end, from_layers, trainable
 from ..problem import Problem
 from .tolerances import roundoff
@@ -187,6 +187,7 @@ def corollary_scale(unit_model: DeepLinear, target: float = 0.95) -> float:
     return target / smallness(epsilon(unit_model), unit_model.depth)
 
 
+@compilation.exported
 @eqx.filter_jit
 def _regressor_and_grad_norm_sq(model: DeepLinear, problem: Problem):
     """(w = end-to-end regressor, ‖∇R‖²) at `model`: one compiled call, reused by every solve
