@@ -94,8 +94,9 @@ def exported(fn):
     The file is named by a digest of everything the trace depends on: gflow's source, the
     versions of JAX and the Equinox stack, the backend, XLA_FLAGS, the static arguments and
     the shapes and dtypes of the array ones. `fn` runs as it is when the compilation cache
-    is off, when an argument is being traced, or when a static argument has no portable
-    name (an observable registered by the user)."""
+    is off, when an argument is being traced, when a static argument has no portable
+    name (an observable registered by the user), or when `jax.export` refused the program
+    (kept on disk as `REFUSED`, so that later processes do not try again)."""
 
     def call(*args, **kwargs):
         folder = _exported_folder()
@@ -108,9 +109,10 @@ def exported(fn):
         except Unportable:
             return fn(*args, **kwargs)
         if key not in _PROGRAMS:
-            _PROGRAMS[key] = _load(folder, key) or _export(fn, folder, key, dynamic, static)
+            stored = _load(folder, key)
+            _PROGRAMS[key] = _export(fn, folder, key, dynamic, static) if stored is None else stored
         program = _PROGRAMS[key]
-        if program is None:  # jax.export refused it: traced as it is (an error of fn's is raised here)
+        if program is REFUSED:  # traced as it is (an error of fn's is raised here)
             return fn(*args, **kwargs)
         run, skeleton, tree = program
         outputs = iter(run(*leaves))
@@ -120,8 +122,18 @@ def exported(fn):
 
 
 _PROGRAMS: dict = {}
-"""Programs read or exported by this process: key → [`_entry`][], or None where `jax.export`
-refused the program."""
+"""Programs read or exported by this process: key → [`_entry`][], or `REFUSED`."""
+
+REFUSED = "refused"
+"""What is stored, and kept, for a program that `jax.export` refused (or whose trace
+raised): later processes trace it as it is without trying again, which cost a whole
+extra trace each time (4 s for the arc-length clock's first phase, measured)."""
+
+UNGUARANTEED_TARGETS = ("lapack_sormqr_ffi", "lapack_dormqr_ffi", "lapack_cunmqr_ffi", "lapack_zunmqr_ffi")
+"""LAPACK kernels that `jax.export` will not serialize by default, having no guarantee that a
+later jaxlib still has them (the Newton root find of an event solves by QR). A stored
+program is only read back by the same versions of jax and jaxlib (they are in its key), so
+that guarantee is not needed here."""
 
 
 def _is_slot(x) -> bool:
@@ -154,23 +166,26 @@ def _export(fn, folder: str, key: str, dynamic, static):
                                       out_static)
         return jax.tree.leaves(out_arrays)
 
+    allow = [jax.export.DisabledSafetyCheck.custom_call(name) for name in UNGUARANTEED_TARGETS]
     try:
-        program = jax.export.export(jax.jit(flat))(*jax.tree.leaves(dynamic))
+        program = jax.export.export(jax.jit(flat), disabled_checks=allow)(*jax.tree.leaves(dynamic))
         blob = pickle.dumps((bytes(program.serialize()), box["skeleton"]))
     except Exception:  # noqa: BLE001 (host callbacks, an unpicklable output, or fn's own error)
-        return None
+        program, blob = REFUSED, pickle.dumps((REFUSED, None))
     with contextlib.suppress(OSError):  # a read-only or full folder costs the next process a trace
         with files.atomic_path(os.path.join(folder, key)) as tmp, open(tmp, "wb") as f:
             f.write(blob)
-    return _entry(program, box["skeleton"])
+    return REFUSED if program is REFUSED else _entry(program, box["skeleton"])
 
 
 def _load(folder: str, key: str):
-    """The program stored under `key`, or None when there is none or it cannot be read
-    (a damaged file is traced anew and overwritten)."""
+    """The program stored under `key`, `REFUSED`, or None when there is none or it cannot be
+    read (a damaged file is traced anew and overwritten)."""
     try:
         with open(os.path.join(folder, key), "rb") as f:
             blob, skeleton = pickle.load(f)
+        if blob == REFUSED:
+            return REFUSED
         program = jax.export.deserialize(bytearray(blob))
     except Exception:  # noqa: BLE001 (missing, truncated, from another version: all mean "trace it")
         return None

@@ -112,7 +112,32 @@ def test_a_program_jax_export_refuses_is_traced_as_it_is(folder, monkeypatch):
         path.unlink()
     monkeypatch.setattr(jax.export, "export", refuse)
     _same(first, _arrays(RUNS["modified flow"]()))
-    assert not list(folder.iterdir())
+    refused = sorted(folder.iterdir())
+    assert refused and all(compilation._load(folder, p.name) == compilation.REFUSED for p in refused)
+    # a later process reads the refusals and traces as it is, without trying again
+    compilation._PROGRAMS.clear()
+    tries = _record_exports(monkeypatch)
+    _same(first, _arrays(RUNS["modified flow"]()))
+    assert tries == [] and sorted(folder.iterdir()) == refused
+
+
+def test_the_arclength_clock_phase_with_a_root_find_is_stored(folder, monkeypatch):
+    """The first phase of the arc-length clock finds its end by a Newton root find, whose QR
+    solve is a LAPACK kernel `jax.export` does not serialize by default
+    (`compilation.UNGUARANTEED_TARGETS`): stored all the same, and read back bit for bit."""
+    net = models.mlp(jax.random.key(4), models.mlp_widths(3, 3, 3), 0.5)
+
+    def run():
+        return gflow.solve(net, PROB, gflow.FlowOptions(t_max=1e4, saves=6, clock="arclength"), ["risk"])
+
+    direct = _arrays(_direct(monkeypatch, run))
+    stored = _record_exports(monkeypatch)
+    exported = _arrays(run())
+    keys = dict(stored)
+    assert "integrate_plateau" in keys and compilation._load(folder, keys["integrate_plateau"]) != compilation.REFUSED
+    compilation._PROGRAMS.clear()
+    _same(direct, exported)
+    _same(direct, _arrays(run()))
 
 
 def _key(**changes):
