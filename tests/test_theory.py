@@ -368,3 +368,22 @@ def test_corollary_scale_hits_its_target():
     s = theory.corollary_scale(unit, 0.95)
     scaled = models.mlp(jax.random.key(0), models.mlp_widths(5, 10, 5), s)
     assert theory.smallness(theory.epsilon(scaled), 10) == pytest.approx(0.95, rel=1e-10)
+
+
+def test_the_excess_risk_tolerance_covers_the_round_off_of_w(paper_problem):
+    """Near the minimizer the excess risk E = (w − π*)ᵀΣ̂(w − π*) moves by 2(w − π*)ᵀΣ̂Δw under
+    a change Δw of w's last bits, as two evaluations of w = pᵀW_L⋯W_1 in different orders
+    give: `excess_risk_tolerance` with `w_error` ≥ ‖Δw‖ covers it, and without it does not."""
+    from gflow.theory import tolerances
+
+    pi = np.asarray(paper_problem.pi_star)
+    rng = np.random.default_rng(0)
+    w = pi + 1e-10 * rng.standard_normal(pi.size)
+    dw = 4 * np.finfo(float).eps * np.linalg.norm(w) * rng.standard_normal(pi.size) / np.sqrt(pi.size)
+    E0, E1 = (float(paper_problem.excess_risk(jnp.asarray(v))) for v in (w, w + dw))
+    assert 1e-21 < E0 < 1e-18
+    Lam, pi2 = float(paper_problem.Lam), float(pi @ pi)
+    bound = tolerances.product_roundoff((5,) * 11, float(np.linalg.norm(w)))  # L = 10, width 5
+    assert bound >= np.linalg.norm(dw)
+    assert abs(E1 - E0) <= tolerances.excess_risk_tolerance(E0, E1, Lam, pi2, bound)
+    assert abs(E1 - E0) > tolerances.excess_risk_tolerance(E0, E1, Lam, pi2)

@@ -26,6 +26,7 @@ from .tolerances import (
     distance_tolerance,
     energy_tolerance,
     excess_risk_tolerance,
+    product_roundoff,
     risk_increase_tolerance,
     sharpness_rtol,
 )
@@ -106,10 +107,12 @@ def final_consistency(ctx: RunContext) -> Check:
     if problem is not None and "excess_risk" in ds:
         rec = float(ds.excess_risk.values[-1])
         val = float(problem.excess_risk(jnp.asarray(w)))
-        tol = excess_risk_tolerance(rec, val, float(problem.Lam), float(np.sum(pi**2)))
+        w_error = product_roundoff(ctx.initial.widths, max(np.linalg.norm(w), np.linalg.norm(pi)))
+        tol = excess_risk_tolerance(rec, val, float(problem.Lam), float(np.sum(pi**2)), w_error)
         return judge(name, "R(W_final) − R_min recomputed from the stored weights equals the recorded final excess risk",
                      src, abs(val - rec), 0.0, upper=True, time=ctx.t_end, tolerance=tol,
-                     note=f"recomputed {val:.3g}, recorded {rec:.3g}; tolerance 1e-8 relative (both are the same formula)")
+                     note=f"recomputed {val:.3g}, recorded {rec:.3g}; tolerance 1e-8 relative (both are the same "
+                     f"formula) plus the round-off of w, ‖Δw‖ ≤ {w_error:.2g}")
     if "excess_risk" in ds and lam > 0:
         rec = float(ds.excess_risk.values[-1])
         dist = float(np.linalg.norm(w - pi))

@@ -162,11 +162,24 @@ def gd_balance_tolerance(steps, width: int, weight_sq_max):
     return SAFETY * (np.asarray(steps, np.float64) + 1.0) * 3.0 * width * EPS64 * np.asarray(weight_sq_max)
 
 
-def excess_risk_tolerance(recorded: float, recomputed: float, Lam: float, pi_star_norm_sq: float) -> float:
-    """1e-8 relative, plus 1e3 ε_mach²·Λ‖π*‖²: the recorded and the recomputed excess risk
-    are the same formula evaluated on the same weights (the second term, round-off of
-    (w − π*)ᵀΣ̂(w − π*) at w ≈ π*, matters only at the minimizer)."""
-    return 1e-8 * max(recorded, recomputed) + 1e3 * EPS64**2 * Lam * pi_star_norm_sq
+def excess_risk_tolerance(recorded: float, recomputed: float, Lam: float, pi_star_norm_sq: float,
+                          w_error: float = 0.0) -> float:
+    """1e-8 relative, plus 1e3 ε_mach²·Λ‖π*‖², plus 2√(ΛE)δ + Λδ²: the recorded and the
+    recomputed excess risk E are the same formula evaluated on the same weights. The second
+    term is the round-off of (w − π*)ᵀΣ̂(w − π*) at w ≈ π*; the third that of w itself, when
+    the two evaluations form the product of layers in different orders (`w_error` = δ
+    bounds ‖Δw‖): E moves by 2(w − π*)ᵀΣ̂Δw + ΔwᵀΣ̂Δw. Both matter only at the minimizer
+    (at E = 3e-20 an ulp of w moved E by 5e-26, 1e-6 of it)."""
+    E = max(recorded, recomputed)
+    return 1e-8 * E + 1e3 * EPS64**2 * Lam * pi_star_norm_sq + 2 * math.sqrt(Lam * E) * w_error + Lam * w_error**2
+
+
+def product_roundoff(widths, norm: float) -> float:
+    """Bound on the round-off of a chain of vector–matrix products through layers of these
+    `widths` (d_0, …, d_L) whose result has norm `norm`: L·max d_k·ε_mach·norm (each product
+    rounds each entry of a sum of at most max d_k terms; the small-scale and residual networks
+    here are near balanced, so the partial products' norms stay near the result's)."""
+    return (len(widths) - 1) * max(widths) * EPS64 * norm
 
 
 def distance_tolerance(bound: float, pi_star_norm: float) -> float:
