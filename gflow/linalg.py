@@ -166,7 +166,7 @@ def _orthogonalize(V, w, rows=None):
     def first(size):
         def branch(V):
             u, x = cgs2(V[:size])
-            return u, jnp.zeros(m, w.dtype).at[:size].set(x)
+            return u, jnp.pad(x, (0, m - size))
         return branch
 
     index = jnp.searchsorted(jnp.asarray(sizes), rows)

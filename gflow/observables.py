@@ -277,7 +277,8 @@ def sharpness(model, problem):
 @register("singular_values", dims=("layer",))
 def singular_values(model, problem):
     """Top singular value σ_k of each layer (from `linalg.top_singular_triplet`, which
-    `rank_one_gap` and `alignment` compute too: XLA computes it once for all three)."""
+    `rank_one_gap` and `alignment` compute too: XLA computes it once for all three. Alone,
+    at width 50, it costs 2.8× LAPACK's values-only SVD: docs/design.md, "Where the time goes")."""
     return per_layer(lambda w: linalg.top_singular_triplet(w)[0], model)
 
 
