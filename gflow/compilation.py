@@ -47,6 +47,17 @@ def compilation_cache(path: str | None = None) -> str | None:
     return path
 
 
+def _default_cache(given: str | None) -> str | None:
+    """On import: the cache of [`compilation_cache`][] for every use of gflow (a notebook, a
+    script), not only its commands, unless JAX's cache folder was `given` already (by the
+    user, or by `JAX_COMPILATION_CACHE_DIR`). JAX opens the folder at its first compilation,
+    so this runs before any. Returns the folder in use."""
+    return compilation_cache() if given is None else given
+
+
+_default_cache(jax.config.jax_compilation_cache_dir)
+
+
 MAX_MAPPINGS = 30_000
 """Memory mappings a process may hold before [`release_if_crowded`][] clears JAX's caches."""
 

@@ -202,3 +202,25 @@ def test_a_users_observable_is_never_stored(folder, monkeypatch):
     finally:
         observables.REGISTRY["risk"] = original
     assert original.portable_name == "observable:risk"
+
+
+def test_the_default_cache_keeps_a_folder_set_before(monkeypatch):
+    calls = []
+    monkeypatch.setattr(compilation, "compilation_cache", lambda: calls.append(1) or "/gflow")
+    assert compilation._default_cache("/the/users/own") == "/the/users/own" and not calls
+    assert compilation._default_cache(None) == "/gflow" and calls
+
+
+def test_importing_gflow_turns_the_cache_on_outside_its_commands(tmp_path):
+    """A script or a notebook that only imports gflow compiles through the cache too."""
+    import subprocess
+    import sys
+
+    code = "import gflow.flow, jax; print(jax.config.jax_compilation_cache_dir)"
+    env = dict(os.environ, GFLOW_JAX_CACHE=str(tmp_path / "cache"))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    for cache, expected in ((str(tmp_path / "cache"), str(tmp_path / "cache")), ("off", "None")):
+        env["GFLOW_JAX_CACHE"] = cache
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == expected
