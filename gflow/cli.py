@@ -148,8 +148,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # --help answers before the heavy imports
 
     from .compilation import compilation_cache
-    from .experiment import OutputExistsError
-    from .files import DamagedFileError, FolderInUseError
+    from .files import DamagedFileError, FolderInUseError, OutputExistsError
     from .models import ShapeError
     from .problem import DataError
     from .scenario import ScenarioError

@@ -20,14 +20,11 @@ import xarray as xr
 
 from . import compare, files, flow, plots, theory, trajectory
 from . import scenario as scen
+from .files import OutputExistsError
 
 
 FLOWS = "flows"
 """The run folder's subfolder of finite-step flow trajectories, one `<dynamics>-eta<η>.nc` each."""
-
-
-class OutputExistsError(FileExistsError):
-    """The run folder exists and overwriting was not asked for."""
 
 
 class Progress:

@@ -47,6 +47,10 @@ class FolderInUseError(OSError):
     """Another live gflow process holds the lock of this output."""
 
 
+class OutputExistsError(FileExistsError):
+    """The output folder (of a run or a sweep) exists and overwriting was not asked for."""
+
+
 def pause_point(stage: str) -> None:
     """For tests only: with `GFLOW_TEST_PAUSE_AT=<stage>[:<n>]` in the environment, print a
     marker on stderr and sleep the n-th time (default the first) this process reaches

@@ -40,7 +40,8 @@ import xarray as xr
 
 from .. import files, trajectory
 from .. import scenario as scen
-from ..experiment import OutputExistsError, Progress
+from ..experiment import Progress
+from ..files import OutputExistsError
 from .chunk import run_chunk
 from .combine import combine, runs_table
 from .dask import _run_on_dask
