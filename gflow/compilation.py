@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import pickle
 import sys
+import warnings
 
 import equinox as eqx
 import jax
@@ -37,10 +38,17 @@ def compilation_cache(path: str | None = None) -> str | None:
     processes of `make paper` and the Dask workers compile each program once.
 
     The folder is `path`, else `$GFLOW_JAX_CACHE`, else ~/.cache/gflow/jax;
-    `GFLOW_JAX_CACHE=off` leaves the cache off. Returns the folder (None: off).
+    `GFLOW_JAX_CACHE=off` leaves the cache off, and so does a folder that cannot be made
+    (with a warning: JAX would warn at every program instead). Returns the folder (None: off).
     """
     path = path or os.environ.get("GFLOW_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gflow", "jax")
     if path == "off":
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        warnings.warn(f"compilation cache off: cannot make {path} ({e.strerror or e}); set GFLOW_JAX_CACHE to "
+                      "a writable folder", stacklevel=2)
         return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up: cache all

@@ -224,3 +224,10 @@ def test_importing_gflow_turns_the_cache_on_outside_its_commands(tmp_path):
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == expected
+
+
+def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="compilation cache off: cannot make"):
+        assert compilation.compilation_cache(str(blocker / "cache")) is None
