@@ -147,15 +147,14 @@ def _sweep(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)  # --help answers before the heavy imports
 
-    from .compilation import compilation_cache
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.formatwarning = lambda message, *a, **k: f"gflow: warning: {message}\n"
+    # importing gflow turns the compilation cache on (compilation._default_cache), here as in any script
     from .files import DamagedFileError, FolderInUseError, OutputExistsError
     from .models import ShapeError
     from .problem import DataError
     from .scenario import ScenarioError
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.formatwarning = lambda message, *a, **k: f"gflow: warning: {message}\n"
-    compilation_cache()  # every command: a program compiled once is read from disk next time
     try:
         return {"run": _run, "check": _check, "sweep": _sweep}[args.command](args)
     except (ScenarioError, DataError, ShapeError, OutputExistsError, DamagedFileError, FolderInUseError) as e:
