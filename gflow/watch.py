@@ -1,5 +1,6 @@
-"""Long solves: a plain-time solve runs in segments of at most `SEGMENT_STEPS` solver steps,
-so that between segments it can say how far it got and whether the flow is stiff.
+"""Long solves: a plain-time solve runs in segments of at most `SEGMENT_STEPS` solver steps
+(all of one length, [`segment_steps`][]), so that between segments it can say how far it
+got and whether the flow is stiff.
 
 A solve that ends within its first segment is one Diffrax call, exactly as without
 segments. A longer one restarts each segment from the state reached, with the last accepted
@@ -30,7 +31,19 @@ from . import solver
 from .theory.curvature import sharpness
 
 SEGMENT_STEPS = 2048
-"""Solver steps per segment of a plain-time solve (a paper-size solve needs a few hundred)."""
+"""Solver steps per segment of a plain-time solve, at most (a paper-size solve needs a few
+hundred); see [`segment_steps`][]."""
+
+
+def segment_steps(max_steps: int) -> int:
+    """Steps per segment of a solve capped at `max_steps`: the largest divisor of `max_steps`
+    from `SEGMENT_STEPS`/2 to `SEGMENT_STEPS` (2000 for the default 100,000), so that every
+    segment runs one compiled program (the step cap is static: a shorter last segment would
+    compile a second, seconds at the end of a solve that reaches its cap); `SEGMENT_STEPS`
+    when there is none."""
+    if max_steps <= SEGMENT_STEPS:
+        return max_steps
+    return next((s for s in range(SEGMENT_STEPS, SEGMENT_STEPS // 2 - 1, -1) if max_steps % s == 0), SEGMENT_STEPS)
 
 STIFF_PRODUCT = 1.0
 """h·S at or above which a step of an explicit solver is judged held by stability."""
@@ -80,11 +93,12 @@ def solve_in_segments(integrate: Callable, y0, t_start: float, options, watch: W
     Diffrax solution) of each segment.
     """
     full = solver.numerics(options)
+    per_segment = segment_steps(full.max_steps)
     pieces, step_times, stats = [], [], dict(num_steps=0, num_accepted_steps=0, num_rejected_steps=0)
     segments = []
     y, t0 = y0, t_start
     while True:
-        numerics = dataclasses.replace(full, max_steps=min(SEGMENT_STEPS, full.max_steps - stats["num_steps"]))
+        numerics = dataclasses.replace(full, max_steps=min(per_segment, full.max_steps - stats["num_steps"]))
         # each segment picks its first step as the first does: passing the last step instead
         # would compile a second program for every solve longer than a segment
         sol = integrate(y, t0, numerics)

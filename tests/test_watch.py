@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow import flow, models, problem, watch
+from gflow import flow, models, problem, solver, watch
 
 OPTIONS = dict(rtol=1e-9, atol=1e-12, t_max=1e4, saves=40, stop_at_excess_risk=1e-12)
 
@@ -46,10 +46,14 @@ def test_a_stiff_flow_is_recognized_and_reported(short_segments):
     base = problem.gaussian(20, 3, seed=1)
     stiff = problem.Problem.from_data(np.asarray(base.X) * np.array([10.0, 1.0, 0.1]), np.asarray(base.y))
     model = models.mlp(jax.random.key(0), models.mlp_widths(3, 2, 3), 0.1)
-    lines = []
-    ds = flow.solve(model, stiff, gflow.FlowOptions(t_max=1e4, max_steps=200, saves=20), ("risk",),
-                    progress=lines.append)
-    assert ds.attrs["status"] == "max_steps"
+    lines, caps = [], []
+    integrate = solver.integrate
+    with pytest.MonkeyPatch.context() as m:  # the step cap of every segment
+        m.setattr(solver, "integrate", lambda *a, **k: caps.append(a[6].max_steps) or integrate(*a, **k))
+        ds = flow.solve(model, stiff, gflow.FlowOptions(t_max=1e4, max_steps=200, saves=20), ("risk",),
+                        progress=lines.append)
+    assert ds.attrs["status"] == "max_steps" and ds.attrs["num_steps"] == 200
+    assert caps == [20] * 10  # one compiled program to the cap (24 then 8 would be two)
     note = ds.attrs["stiffness"]
     assert note.startswith("stiff:") and '"rkc2"' in note and '"kvaerno5"' in note and note in lines
     assert lines.index(note) <= 3  # judged once the steps have settled, within a few segments
@@ -60,3 +64,11 @@ def test_a_stiff_flow_is_recognized_and_reported(short_segments):
     rkc = flow.solve(model, stiff, gflow.FlowOptions(t_max=1e4, max_steps=5000, saves=20, solver="rkc2"),
                      ("risk",), progress=lines.append)
     assert rkc.attrs["status"] == "converged" and rkc.attrs["stiffness"] == ""
+
+
+@pytest.mark.parametrize("max_steps, expected", [(100_000, 2000), (5000, 1250), (2048, 2048), (300, 300),
+                                                 (2 * 2039, 2039), (4099, 2048), (4096, 2048)])
+def test_segments_are_of_one_length(max_steps, expected):
+    """Segments of a divisor of max_steps from 1024 to 2048 (4099 is prime: none, and its last
+    segment is shorter)."""
+    assert watch.segment_steps(max_steps) == expected
