@@ -1,6 +1,8 @@
 """Long solves in segments: the same trajectory as one Diffrax call (to solver tolerance),
 progress between segments, and stiffness recognized (gflow.watch)."""
 
+import inspect
+
 import jax
 import numpy as np
 import pytest
@@ -47,9 +49,14 @@ def test_a_stiff_flow_is_recognized_and_reported(short_segments):
     stiff = problem.Problem.from_data(np.asarray(base.X) * np.array([10.0, 1.0, 0.1]), np.asarray(base.y))
     model = models.mlp(jax.random.key(0), models.mlp_widths(3, 2, 3), 0.1)
     lines, caps = [], []
-    integrate = solver.integrate
-    with pytest.MonkeyPatch.context() as m:  # the step cap of every segment
-        m.setattr(solver, "integrate", lambda *a, **k: caps.append(a[6].max_steps) or integrate(*a, **k))
+    integrate, signature = solver.integrate, inspect.signature(solver.integrate)
+
+    def spy(*a, **k):  # the step cap of every segment
+        caps.append(signature.bind(*a, **k).arguments["options"].max_steps)
+        return integrate(*a, **k)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(solver, "integrate", spy)
         ds = flow.solve(model, stiff, gflow.FlowOptions(t_max=1e4, max_steps=200, saves=20), ("risk",),
                         progress=lines.append)
     assert ds.attrs["status"] == "max_steps" and ds.attrs["num_steps"] == 200
