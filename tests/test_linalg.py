@@ -53,6 +53,21 @@ def test_lanczos_survives_an_exhausted_krylov_space():
     assert np.all(np.isfinite(ritz))
     assert float(ritz[-1]) == pytest.approx(4.0, rel=1e-12)
     assert float(ritz[0]) == pytest.approx(1.0, rel=1e-12)
+    # the ten vectors past the Krylov space are fresh directions: the basis stays orthonormal
+    _, vectors = linalg.block_lanczos(lambda v: A @ v, jnp.asarray(u)[None], 12)
+    np.testing.assert_allclose(vectors @ vectors.T, np.eye(12), atol=1e-12)
+
+
+@pytest.mark.parametrize("dim, count", [(7, 7), (30, 12), (1000, 40)])
+def test_fresh_directions_are_fixed_and_independent(dim, count):
+    """The directions that continue an exhausted Krylov space: the same in every call (a
+    deterministic eigensolver), and as many independent ones as a basis can need (the
+    smallest singular value of the unit rows is measured 0.098 at dim 7, ≥ 0.39 above)."""
+    rows = np.stack([np.asarray(linalg.fresh_direction(dim, n, jnp.float64)) for n in range(count)])
+    np.testing.assert_array_equal(rows, np.stack([np.asarray(linalg.fresh_direction(dim, n, jnp.float64))
+                                                  for n in range(count)]))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert np.linalg.svd(rows, compute_uv=False).min() > 0.05
 
 
 def test_lanczos_with_more_steps_than_dimensions_is_exact():
