@@ -53,7 +53,8 @@ def test_lanczos_survives_an_exhausted_krylov_space():
     assert np.all(np.isfinite(ritz))
     assert float(ritz[-1]) == pytest.approx(4.0, rel=1e-12)
     assert float(ritz[0]) == pytest.approx(1.0, rel=1e-12)
-    # the ten vectors past the Krylov space are fresh directions: the basis stays orthonormal
+    # from u, an eigenvector, the Krylov space has dimension 1: eleven of the twelve vectors
+    # are fresh directions, and the basis stays orthonormal
     _, vectors = linalg.block_lanczos(lambda v: A @ v, jnp.asarray(u)[None], 12)
     np.testing.assert_allclose(vectors @ vectors.T, np.eye(12), atol=1e-12)
 
