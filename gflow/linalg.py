@@ -105,14 +105,8 @@ def block_lanczos(matvec: Callable[[Array], Array], start: Float[Array, "b P"], 
     def body(j, carry):
         V, HV = carry
         source = jnp.where(j < b, start[jnp.minimum(j, b - 1)], HV[jnp.maximum(j - b, 0)])
-        w = _orthogonalize(V, source)[0]
         scale = jnp.linalg.norm(source) + jnp.finfo(start.dtype).tiny
-
-        def fresh(_):
-            return _orthogonalize(V, fresh_direction(dim, j, start.dtype))[0]
-
-        w = jax.lax.cond(jnp.linalg.norm(w) > 1e-10 * scale, lambda _: w, fresh, None)
-        v = w / jnp.linalg.norm(w)
+        v = _next_vector(_orthogonalize(V, source)[0], scale, V, j)
         return V.at[j].set(v), HV.at[j].set(matvec(v))
 
     V = jnp.zeros((m, dim), start.dtype)
@@ -200,7 +194,7 @@ def _ritz(j, T, Q, radius, b: int, c: int):
 
 
 def _next_vector(q, q_scale, V, n):
-    """The next basis vector of [`lanczos_top`][]: the pending direction q normalized or,
+    """The next basis vector of an eigensolver: the pending direction q normalized or,
     when it has vanished against `q_scale` (an exhausted Krylov space), the n-th
     [`fresh_direction`][] orthogonalized against the basis."""
 
@@ -306,22 +300,20 @@ def lanczos_top(
 
 
 @functools.lru_cache(maxsize=16)
-def start_vectors(k: int, dim: int) -> np.ndarray:
-    """k fixed pseudo-random unit vectors of R^dim (rows): the cold start of [`lanczos_top`][].
-    Drawn by NumPy once and embedded in the compiled program as a constant, so a solve does
-    not draw them again at every save (a Gaussian draw of 47,550 numbers costs more than a
-    Hessian-vector product at that size)."""
-    noise = np.random.default_rng(20240513).standard_normal((k, dim))
+def start_vectors(k: int, dim: int, seed: int = 20240513) -> np.ndarray:
+    """k fixed pseudo-random unit vectors of R^dim (rows): the cold start of [`lanczos_top`][]
+    (and, with `FRESH_SEED`, the base of [`fresh_direction`][]). Drawn by NumPy once and
+    embedded in the compiled program as a constant, so a solve does not draw them again at
+    every save (a Gaussian draw of 47,550 numbers costs more than a Hessian-vector product
+    at that size)."""
+    noise = np.random.default_rng(seed).standard_normal((k, dim))
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     noise.flags.writeable = False
     return noise
 
 
-@functools.lru_cache(maxsize=16)
-def _fresh_base(dim: int) -> np.ndarray:
-    noise = np.random.default_rng(20241126).standard_normal(dim)
-    noise.flags.writeable = False
-    return noise
+FRESH_SEED = 20241126
+"""Seed of the vector whose shifts are the [`fresh_direction`][]s (not the start's)."""
 
 
 def fresh_direction(dim: int, n, dtype) -> Float[Array, " P"]:
@@ -331,7 +323,7 @@ def fresh_direction(dim: int, n, dtype) -> Float[Array, " P"]:
     shift is a copy, where a Gaussian draw inside the loop (threefry and an inverse error
     function) was compiled at every place the eigensolver is inlined: the central flow's
     optimized program fell from 18,908 to 14,746 instructions (docs/design.md)."""
-    return jnp.roll(jnp.asarray(_fresh_base(dim), dtype), n)
+    return jnp.roll(jnp.asarray(start_vectors(1, dim, FRESH_SEED)[0], dtype), n)
 
 
 def warm_start(previous: Float[Array, "k P"], mix: float = 1e-3) -> Float[Array, "k P"]:
