@@ -190,11 +190,12 @@ def _group(shapes: Sequence[tuple[int, int]]) -> list[int]:
     return runs
 
 
-def stack_layers(layers: Sequence[Array]) -> tuple[Array, ...]:
-    """Stack consecutive equal-shaped layers into blocks."""
+def stack_layers(layers: Sequence[np.ndarray]) -> tuple[Array, ...]:
+    """Stack consecutive equal-shaped layers (float64 NumPy arrays) into blocks, on the host
+    (`jnp.stack` would compile a program per block shape), then put them on the device."""
     blocks, i = [], 0
     for m in _group([tuple(w.shape) for w in layers]):
-        blocks.append(jnp.stack([jnp.asarray(w, jnp.float64) for w in layers[i : i + m]]))
+        blocks.append(jax.device_put(np.stack(layers[i : i + m])))
         i += m
     return tuple(blocks)
 
@@ -242,12 +243,25 @@ def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float, activation: str 
     widths = _check_widths(widths)
     if widths[-1] != 1:
         raise ShapeError(f"an MLP ends in width 1 (p = 1); got d_L = {widths[-1]}.")
+    blocks = _small_scale_blocks(key, widths, np.float64(scale))
+    return MLP(blocks=blocks, p=jax.device_put(np.ones(1)), activation=activation)
+
+
+@partial(jax.jit, static_argnums=1)
+def _small_scale_blocks(key, widths: tuple[int, ...], scale):
+    """The blocks of [`mlp`][] in one compiled program, where drawing layer by layer ran
+    ~10 small ones (1 s of compiling in a first `gflow run`). Each block's layers are drawn
+    by one `vmap` over their keys: the draws of `jax.random.normal` key by key, with one
+    copy of its code per block shape. The barrier keeps XLA from fusing the product by
+    `scale` into the draw, which moved weights by an ulp: the weights are those drawn one
+    by one, bit for bit (tests/test_models.py)."""
     keys = jax.random.split(key, len(widths) - 1)
-    layers = [
-        scale * jax.random.normal(k, (dout, din), jnp.float64)
-        for k, din, dout in zip(keys, widths[:-1], widths[1:])
-    ]
-    return MLP(blocks=stack_layers(layers), p=jnp.ones(1), activation=activation)
+    shapes = list(zip(widths[1:], widths[:-1]))
+    blocks, i = [], 0
+    for m in _group(shapes):
+        blocks.append(jax.vmap(lambda k, shape=shapes[i]: jax.random.normal(k, shape, jnp.float64))(keys[i : i + m]))
+        i += m
+    return tuple(scale * b for b in jax.lax.optimization_barrier(blocks))
 
 
 def residual(
@@ -260,16 +274,23 @@ def residual(
     """
     if int(d) < 1 or int(depth) < 1:
         raise ShapeError(f"a residual network needs d ≥ 1 and depth ≥ 1; got d={d}, depth={depth}.")
-    kv = jax.random.split(key)[1]
-    kp = jax.random.split(key if p_key is None else p_key)[0]
-    if p is None:
-        p = jax.random.normal(kp, (d,), jnp.float64)
-        p = p / jnp.linalg.norm(p)
-    p = jnp.asarray(p, jnp.float64)
-    if p.shape != (d,):
-        raise ShapeError(f"p must have shape ({d},); got {p.shape}.")
-    V = s / np.sqrt(depth * d) * jax.random.normal(kv, (depth, d, d), jnp.float64)
-    return Residual(V=V, p=p)
+    if p is not None:
+        p = jnp.asarray(p, jnp.float64)
+        if p.shape != (int(d),):
+            raise ShapeError(f"p must have shape ({d},); got {p.shape}.")
+    scale = np.float64(s / np.sqrt(depth * d))
+    V, drawn = _residual_draws(key, key if p_key is None else p_key, int(d), int(depth), scale)
+    return Residual(V=V, p=drawn / jnp.linalg.norm(drawn) if p is None else p)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _residual_draws(key, p_key, d: int, depth: int, scale):
+    """V(0) and the draw of a random p for [`residual`][], in one compiled program (see
+    [`_small_scale_blocks`][]; p is normalized outside it, where its norm is the one
+    computed before, bit for bit: fused here, it moved p by an ulp)."""
+    V, p = jax.lax.optimization_barrier((jax.random.normal(jax.random.split(key)[1], (depth, d, d), jnp.float64),
+                                         jax.random.normal(jax.random.split(p_key)[0], (d,), jnp.float64)))
+    return scale * V, p
 
 
 def from_layers(
@@ -295,7 +316,7 @@ def from_layers(
     if kind == "mlp":
         if layers[-1].shape[0] != 1:
             raise ShapeError(f"an MLP's last layer has one row; W_L has shape {layers[-1].shape}.")
-        return MLP(blocks=stack_layers(layers), p=jnp.ones(1), activation=activation)
+        return MLP(blocks=stack_layers(layers), p=jax.device_put(np.ones(1)), activation=activation)
     if activation != "linear":
         raise ShapeError(f"a {kind} network is linear; activation {activation!r} is for an mlp.")
     if kind == "residual":
@@ -307,8 +328,7 @@ def from_layers(
         p = np.asarray(p, np.float64).reshape(-1)
         if p.shape != (d,) or not np.all(np.isfinite(p)):
             raise ShapeError(f"p must be a finite vector of shape ({d},); got {p.shape}.")
-        V = jnp.stack([jnp.asarray(w - np.eye(d)) for w in layers])
-        return Residual(V=V, p=jnp.asarray(p))
+        return Residual(V=jax.device_put(np.stack([w - np.eye(d) for w in layers])), p=jax.device_put(p))
     raise ShapeError(f"unknown network kind {kind!r} (use 'mlp' or 'residual').")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -118,18 +119,10 @@ class Problem(eqx.Module):
         eigs = np.linalg.eigvalsh(sigma)
         norm = np.linalg.norm(pi_star)
         a = pi_star @ sigma @ pi_star / norm**2 if norm > 0 else np.nan
-        return cls(
-            X=jnp.asarray(X),
-            y=jnp.asarray(y),
-            X_test=jnp.asarray(X_test),
-            y_test=jnp.asarray(y_test),
-            sigma=jnp.asarray(sigma),
-            pi_star=jnp.asarray(pi_star),
-            R_min=jnp.asarray(residual @ residual / n),
-            lam=jnp.asarray(max(eigs[0], 0.0)),
-            Lam=jnp.asarray(eigs[-1]),
-            a=jnp.asarray(a),
-        )
+        on_device = {k: _on_device(v) for k, v in dict(X=X, y=y, X_test=X_test, y_test=y_test, sigma=sigma,
+                                                        pi_star=pi_star, R_min=residual @ residual / n,
+                                                        lam=max(eigs[0], 0.0), Lam=eigs[-1], a=a).items()}
+        return cls(**on_device)
 
     def constants(self) -> dict[str, float]:
         """The problem's scalar constants, as plain floats (for attrs and reports)."""
@@ -142,6 +135,12 @@ class Problem(eqx.Module):
             pi_star_norm=float(jnp.linalg.norm(self.pi_star)),
             R_min=float(self.R_min),
         )
+
+
+def _on_device(a) -> jax.Array:
+    """A float64 JAX array of `a`, put on the device as it is: `jnp.asarray` of a NumPy
+    array compiles and runs a small program per shape (7 of them per problem)."""
+    return jax.device_put(np.asarray(a, np.float64))
 
 
 def _as_matrix(X, name: str) -> np.ndarray:

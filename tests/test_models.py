@@ -1,5 +1,6 @@
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -46,6 +47,34 @@ def test_residual_init_has_the_stated_scale():
     d, L, s = 20, 50, 0.7
     model = models.residual(jax.random.key(4), d, L, s)
     assert float(np.std(np.asarray(model.V))) == pytest.approx(s / np.sqrt(L * d), rel=0.05)
+
+
+@pytest.mark.parametrize("widths", [(3, 4, 4, 1), (5, 7, 3, 3, 3, 1), (7, 3, 9, 9, 9, 2, 1), (2, 1)])
+@pytest.mark.parametrize("scale", [0.35, 1e-3, 3 / np.sqrt(40)])
+def test_mlp_init_is_the_layer_by_layer_draw_bit_for_bit(widths, scale):
+    """`mlp` draws all layers in one program: the weights must be those of the definition
+    W_k = scale · N(key_k), drawn one by one. (Without the barrier between the draws and
+    the product by `scale`, XLA fuses them and moves weights by an ulp: caught here.)"""
+    for seed in range(3):
+        key = jax.random.key(seed)
+        keys = jax.random.split(key, len(widths) - 1)
+        expected = [scale * jax.random.normal(keys[k], (widths[k + 1], widths[k]), jnp.float64)
+                    for k in range(len(widths) - 1)]
+        for w, e in zip(models.mlp(key, widths, scale).layers(), expected, strict=True):
+            assert np.array_equal(np.asarray(w), np.asarray(e))
+
+
+@pytest.mark.parametrize("d, depth, s", [(3, 1, 0.1), (5, 10, 1.0), (20, 4, 3.0)])
+def test_residual_init_is_the_definition_bit_for_bit(d, depth, s):
+    """V_k = (s/√(L d)) N and p = N/‖N‖, from `key` and `p_key` as documented."""
+    for seed, p_seed in ((0, None), (1, 7)):
+        key = jax.random.key(seed)
+        p_key = key if p_seed is None else jax.random.key(p_seed)
+        model = models.residual(key, d, depth, s, p_key=None if p_seed is None else p_key)
+        V = s / np.sqrt(depth * d) * jax.random.normal(jax.random.split(key)[1], (depth, d, d), jnp.float64)
+        p = jax.random.normal(jax.random.split(p_key)[0], (d,), jnp.float64)
+        assert np.array_equal(np.asarray(model.V), np.asarray(V))
+        assert np.array_equal(np.asarray(model.p), np.asarray(p / jnp.linalg.norm(p)))
 
 
 def test_weights_round_trip_through_npz(tmp_path):

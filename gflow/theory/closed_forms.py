@@ -308,8 +308,8 @@ def problem_constants(problem: Problem | dict) -> dict[str, float]:
 
 def layer_arrays(model: DeepLinear | Sequence) -> list[np.ndarray]:
     """W_1..W_L as float64 numpy arrays, from a network or a list of matrices."""
-    if isinstance(model, DeepLinear):
-        return [np.asarray(w, np.float64) for w in model.layers()]
+    if isinstance(model, DeepLinear):  # each block to NumPy first: splitting it on the device compiles a program
+        return [w for b in model.weight_blocks() for w in np.asarray(b, np.float64)]
     return [np.asarray(w, np.float64) for w in model]
 
 
