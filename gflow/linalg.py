@@ -353,8 +353,13 @@ def top_hessian_eigenvalue(
 
 
 def dense_hessian(f: Callable, x: Float[Array, " P"]) -> Float[Array, "P P"]:
-    """The full Hessian ∇²f(x) (for checks and small models: cost grows like P²)."""
-    H = jax.hessian(f)(x)
+    """The full Hessian ∇²f(x) (for checks and small models: cost grows like P²), as one
+    compiled program: run eagerly, `jax.hessian` is ~20 small programs and a `lax.scan`
+    compiled anew at every call (paper MLP, tests' build: 1.2–1.8 s a call against 0.3 s)."""
+    return jax.jit(lambda y: _symmetric(jax.hessian(f)(y)))(x)
+
+
+def _symmetric(H):
     return (H + H.T) / 2
 
 

@@ -10,7 +10,7 @@ import xarray as xr
 from scipy.optimize import minimize
 
 import gflow
-from gflow import models, observables as obs, problem, theory
+from gflow import linalg, models, observables as obs, problem, theory
 
 from tests.conftest import OBSERVABLES, TIGHT, small_scale_mlp as _small_scale_mlp
 
@@ -35,7 +35,7 @@ def _by_name(checks):
 
 def _dense_sharpness(model, prob):
     f, x = obs.flat_risk(model, prob)
-    return float(np.linalg.eigvalsh(np.asarray(jax.hessian(f)(x)))[-1])
+    return float(np.linalg.eigvalsh(np.asarray(linalg.dense_hessian(f, x)))[-1])
 
 
 @pytest.mark.parametrize("depth", [2, 3, 6])
