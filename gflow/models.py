@@ -259,7 +259,7 @@ def _small_scale_blocks(key, widths: tuple[int, ...], scale):
     shapes = list(zip(widths[1:], widths[:-1]))
     blocks, i = [], 0
     for m in _group(shapes):
-        blocks.append(jax.vmap(lambda k, shape=shapes[i]: jax.random.normal(k, shape, jnp.float64))(keys[i : i + m]))
+        blocks.append(jax.vmap(partial(jax.random.normal, shape=shapes[i], dtype=jnp.float64))(keys[i : i + m]))
         i += m
     return tuple(scale * b for b in jax.lax.optimization_barrier(blocks))
 

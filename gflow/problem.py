@@ -119,10 +119,9 @@ class Problem(eqx.Module):
         eigs = np.linalg.eigvalsh(sigma)
         norm = np.linalg.norm(pi_star)
         a = pi_star @ sigma @ pi_star / norm**2 if norm > 0 else np.nan
-        on_device = {k: _on_device(v) for k, v in dict(X=X, y=y, X_test=X_test, y_test=y_test, sigma=sigma,
-                                                        pi_star=pi_star, R_min=residual @ residual / n,
-                                                        lam=max(eigs[0], 0.0), Lam=eigs[-1], a=a).items()}
-        return cls(**on_device)
+        fields = dict(X=X, y=y, X_test=X_test, y_test=y_test, sigma=sigma, pi_star=pi_star,
+                      R_min=residual @ residual / n, lam=max(eigs[0], 0.0), Lam=eigs[-1], a=a)
+        return cls(**{name: _on_device(value) for name, value in fields.items()})
 
     def constants(self) -> dict[str, float]:
         """The problem's scalar constants, as plain floats (for attrs and reports)."""
