@@ -243,8 +243,15 @@ def mlp(key: PRNGKeyArray, widths: Sequence[int], scale: float, activation: str 
     widths = _check_widths(widths)
     if widths[-1] != 1:
         raise ShapeError(f"an MLP ends in width 1 (p = 1); got d_L = {widths[-1]}.")
-    blocks = _small_scale_blocks(key, widths, np.float64(scale))
+    blocks = _small_scale_blocks(key, widths, _as_argument(scale))
     return MLP(blocks=blocks, p=jax.device_put(np.ones(1)), activation=activation)
+
+
+def _as_argument(scale):
+    """A scale as an argument of the drawing programs: a float64 scalar (a Python float would
+    be a constant of the program, one program per value), or as it is when it is a JAX array
+    (traced, e.g. under `vmap` over scales)."""
+    return scale if isinstance(scale, jax.Array) else np.float64(scale)
 
 
 @partial(jax.jit, static_argnums=1)
@@ -278,7 +285,7 @@ def residual(
         p = jnp.asarray(p, jnp.float64)
         if p.shape != (int(d),):
             raise ShapeError(f"p must have shape ({d},); got {p.shape}.")
-    scale = np.float64(s / np.sqrt(depth * d))
+    scale = _as_argument(s / np.sqrt(depth * d))
     V, drawn = _residual_draws(key, key if p_key is None else p_key, int(d), int(depth), scale)
     return Residual(V=V, p=drawn / jnp.linalg.norm(drawn) if p is None else p)
 

@@ -77,6 +77,19 @@ def test_residual_init_is_the_definition_bit_for_bit(d, depth, s):
         assert np.array_equal(np.asarray(model.p), np.asarray(p / jnp.linalg.norm(p)))
 
 
+def test_init_takes_a_traced_scale():
+    """Under `vmap` over scales (or `jit`), the weights are those of each scale on its own (a
+    traced scale cannot become a NumPy float: it is passed as it is). Bit for bit on XLA's
+    default build; the tests' build rounds the batched program differently, by an ulp."""
+    key, scales = jax.random.key(3), jnp.array([0.1, 0.35])
+    batched = jax.vmap(lambda s: models.mlp(key, (3, 4, 4, 1), s).blocks)(scales)
+    for i, s in enumerate(scales):
+        for b, one in zip(batched, models.mlp(key, (3, 4, 4, 1), float(s)).blocks, strict=True):
+            np.testing.assert_allclose(b[i], one, rtol=4.5e-16, atol=0)  # one ulp: 2⁻⁵² to 2⁻⁵¹ relative
+    V = jax.jit(lambda s: models.residual(key, 3, 2, s).V)(0.5)
+    np.testing.assert_allclose(V, models.residual(key, 3, 2, 0.5).V, rtol=4.5e-16, atol=0)
+
+
 def test_weights_round_trip_through_npz(tmp_path):
     for model in (models.mlp(jax.random.key(5), [3, 4, 4, 1], 0.3), models.residual(jax.random.key(6), 3, 3, 0.2)):
         kind = "residual" if isinstance(model, models.Residual) else "mlp"
