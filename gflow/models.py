@@ -79,6 +79,13 @@ class DeepLinear(eqx.Module):
         return [w for b in self.weight_blocks() for w in b]
 
 
+def host_layers(model: DeepLinear) -> list[np.ndarray]:
+    """W_1, …, W_L as float64 NumPy arrays, each block copied from the device once (splitting a
+    block on the device, as `DeepLinear.layers` does outside a trace, compiles a program per
+    block shape)."""
+    return [w for b in model.weight_blocks() for w in np.asarray(b, np.float64)]
+
+
 class MLP(DeepLinear):
     """MLP with output width 1 and p = 1 (the small-scale setting): deep linear, or with σ
     after every layer but the last (`activation`, a name from `ACTIVATIONS`).
@@ -179,25 +186,16 @@ def outputs(model: DeepLinear, X: Float[Array, "n d"]) -> Float[Array, " n"]:
     return (h @ blocks[-1][-1].T) @ model.p
 
 
-def _group(shapes: Sequence[tuple[int, int]]) -> list[int]:
-    """Lengths of runs of equal consecutive shapes."""
-    runs = []
-    for i, s in enumerate(shapes):
-        if i > 0 and s == shapes[i - 1]:
-            runs[-1] += 1
-        else:
-            runs.append(1)
-    return runs
+def _runs(shapes: Sequence[tuple[int, ...]]) -> list[slice]:
+    """The runs of equal consecutive shapes, as slices: the layers of each block."""
+    starts = [i for i in range(len(shapes)) if i == 0 or shapes[i] != shapes[i - 1]]
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], len(shapes)])]
 
 
 def stack_layers(layers: Sequence[np.ndarray]) -> tuple[Array, ...]:
     """Stack consecutive equal-shaped layers (float64 NumPy arrays) into blocks, on the host
     (`jnp.stack` would compile a program per block shape), then put them on the device."""
-    blocks, i = [], 0
-    for m in _group([tuple(w.shape) for w in layers]):
-        blocks.append(jax.device_put(np.stack(layers[i : i + m])))
-        i += m
-    return tuple(blocks)
+    return tuple(jax.device_put(np.stack(layers[run])) for run in _runs([w.shape for w in layers]))
 
 
 def check_input_width(model: DeepLinear, d: int) -> None:
@@ -264,10 +262,8 @@ def _small_scale_blocks(key, widths: tuple[int, ...], scale):
     by one, bit for bit (tests/test_models.py)."""
     keys = jax.random.split(key, len(widths) - 1)
     shapes = list(zip(widths[1:], widths[:-1]))
-    blocks, i = [], 0
-    for m in _group(shapes):
-        blocks.append(jax.vmap(partial(jax.random.normal, shape=shapes[i], dtype=jnp.float64))(keys[i : i + m]))
-        i += m
+    blocks = [jax.vmap(partial(jax.random.normal, shape=shapes[run.start], dtype=jnp.float64))(keys[run])
+              for run in _runs(shapes)]
     return tuple(scale * b for b in jax.lax.optimization_barrier(blocks))
 
 
@@ -362,7 +358,7 @@ def load_layers(path: str | os.PathLike, kind: str = "mlp", activation: str = "l
 
 def save_layers(model: DeepLinear, path: str | os.PathLike) -> None:
     """Write W1..WL and p to an .npz that [`load_layers`][] reads back (atomic)."""
-    arrays = {f"W{k + 1}": np.asarray(w) for k, w in enumerate(model.layers())}
+    arrays = {f"W{k + 1}": w for k, w in enumerate(host_layers(model))}
     arrays["p"] = np.asarray(model.p)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import compilation, observables as obs
-from ..models import DeepLinear, end_to_end, from_layers, trainable
+from ..models import DeepLinear, end_to_end, from_layers, host_layers, trainable
 from ..problem import Problem
 from .tolerances import roundoff
 
@@ -308,8 +308,8 @@ def problem_constants(problem: Problem | dict) -> dict[str, float]:
 
 def layer_arrays(model: DeepLinear | Sequence) -> list[np.ndarray]:
     """W_1..W_L as float64 numpy arrays, from a network or a list of matrices."""
-    if isinstance(model, DeepLinear):  # each block to NumPy first: splitting it on the device compiles a program
-        return [w for b in model.weight_blocks() for w in np.asarray(b, np.float64)]
+    if isinstance(model, DeepLinear):
+        return host_layers(model)
     return [np.asarray(w, np.float64) for w in model]
 
 

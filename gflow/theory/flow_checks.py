@@ -13,7 +13,7 @@ import numpy as np
 from .. import observables as obs
 from ..models import Residual, end_to_end
 from ..solver import ENERGY
-from .closed_forms import norm_sharpness_bound, slides_norm_sharpness_bound
+from .closed_forms import layer_arrays, norm_sharpness_bound, slides_norm_sharpness_bound
 from .context import RunContext
 from .curvature_checks import curvature_checks
 from .dynamics_checks import finite_step_checks
@@ -226,9 +226,9 @@ def final_sharpness_checks(ctx: RunContext) -> list[Check]:
                  tolerance=rel * b["S_lower"], assumptions=at_minimizer,
                  note=f"S {how}; {ratios}; tolerance first order in ‖w − π*‖ ≤ {dist:.2g}" + (f"; {why}" if why else ""))]
     if at_minimizer:
-        final = ctx.final
-        nb = norm_sharpness_bound(final.layers(), attrs)
-        slides = slides_norm_sharpness_bound(final.layers(), attrs, ctx.p_norm)
+        layers = layer_arrays(ctx.final)
+        nb = norm_sharpness_bound(layers, attrs)
+        slides = slides_norm_sharpness_bound(layers, attrs, ctx.p_norm)
         out.append(judge("sharpness_norm_bound", "S(W) ≥ 2a‖π*‖² Σ_k ‖W_k‖_F^{−2} at a global minimizer W "
                          "(derived in gflow.theory: the direction (W_k/‖W_k‖_F)_k)", "derived from theory.md §2 "
                          "(Hessian 2JᵀΣ̂J at a minimizer)", S_fin, nb, upper=False, time=ctx.t_end, tolerance=rel * nb,

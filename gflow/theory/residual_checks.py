@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .closed_forms import partial_product_bounds, partial_product_extremes, residual_scale, residual_theta
+from .closed_forms import (layer_arrays, partial_product_bounds, partial_product_extremes, residual_scale,
+                           residual_theta)
 from .context import RunContext
 from .verdict import Check, judge
 
@@ -32,7 +33,7 @@ def residual_checks(ctx: RunContext) -> list[Check]:
                      _PRODUCTS, ext0[:, 0].max(), pb["upper"], upper=True, time=0.0, note=note))
     out.append(judge("residual_products_lower_init", "σ_min(W_k(0)⋯W_1(0)) ≥ exp(−2s² − u)/4 for all k (θ = 0)",
                      _PRODUCTS, ext0[:, 1].min(), pb["lower"], upper=False, time=0.0, note=note))
-    th2 = max(float(np.linalg.norm(L * (np.asarray(b_) - np.asarray(a_)), 2)) for a_, b_ in zip(initial.layers(), final.layers()))
+    th2 = max(float(np.linalg.norm(L * (b_ - a_), 2)) for a_, b_ in zip(layer_arrays(initial), layer_arrays(final)))
     ext1 = partial_product_extremes(final)
     inside = "inside" if th2 <= pb["theta_radius"] else "outside"
     out.append(Check("residual_products_final", "σ_min(P_k) at the final weights, beside the lemma's exp(−2s² − u)/4 "
